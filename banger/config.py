@@ -1,0 +1,43 @@
+"""Where banger keeps things: XDG dirs by default, one cache dir override for everything cached."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from xdg import BaseDirectory
+
+CACHE_ENV = "BANGER_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Dirs:
+    cache: Path  # content-addressed store, action records, image names
+    state: Path  # kernels, managed ssh key, VM runtime files
+    config: Path  # config.json
+
+    @property
+    def config_file(self) -> Path:
+        return self.config / "config.json"
+
+
+def default_dirs(cache_dir: str | os.PathLike | None = None) -> Dirs:
+    """Dirs for this process: --cache-dir beats $BANGER_CACHE_DIR beats $XDG_CACHE_HOME/banger."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV)
+    cache = Path(chosen).resolve() if chosen else Path(BaseDirectory.xdg_cache_home) / "banger"
+    return Dirs(
+        cache=cache,
+        state=Path(BaseDirectory.xdg_state_home) / "banger",
+        config=Path(BaseDirectory.xdg_config_home) / "banger",
+    )
+
+
+def load_config(dirs: Dirs) -> dict:
+    """User settings (e.g. {"insecure_registries": ["host:5000"], "default_kernel": "debian-cloud"})."""
+    try:
+        return json.loads(dirs.config_file.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: {dirs.config_file} is not valid JSON ({exc}); fix or remove it")

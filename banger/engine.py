@@ -1,0 +1,168 @@
+"""Run pipeline steps as doit tasks whose up-to-date check is the content-addressed store.
+
+A step is a plain function plus a doit task dict made by `step_task`. The task's key is computed
+when doit reaches it (after its dependencies ran), from the digests its dependencies produced.
+It is up to date when an action record with that key exists and its outputs verify; it runs
+under a per-key lock and writes its record only after its outputs are in the store, so a
+`kill -9` loses at most the step that was running.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .store import ActionRecord, Store, action_key
+
+
+class BuildError(Exception):
+    """A step failed for a reason the user can act on; the message is one line."""
+
+
+@dataclass
+class StepRun:
+    """What a step's work function gets: its inputs, params and a private staging dir."""
+    build: "Build"
+    stage: Path
+    inputs: dict
+    params: dict
+    info: dict = field(default_factory=dict)  # extra facts for the record (sizes, versions...)
+
+    @property
+    def store(self) -> Store:
+        return self.build.store
+
+    def path(self, digest: str) -> Path:
+        return self.build.store.path(digest)
+
+
+@dataclass
+class StepReport:
+    step: str
+    status: str  # "ran" | "cached"
+    seconds: float
+    key: str
+
+
+@dataclass
+class StepDef:
+    name: str
+    version: str
+    inputs: Callable[[], dict]
+    params: Callable[[], dict]
+    tools: Callable[[], dict]
+    work: Callable[[StepRun], dict[str, str]]
+
+    def key_parts(self) -> dict:
+        return {"inputs": self.inputs(), "params": self.params(), "tools": self.tools()}
+
+    def key(self) -> str:
+        p = self.key_parts()
+        return action_key(self.name, self.version, p["inputs"], p["params"], p["tools"])
+
+
+class Build:
+    """State shared by the tasks of one build: the store, resolved records, the report."""
+
+    def __init__(self, store: Store, log: Callable[[str], None] | None = None):
+        self.store = store
+        self.records: dict[str, ActionRecord] = {}
+        self.report: list[StepReport] = []
+        self.steps: dict[str, StepDef] = {}
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.context: dict[str, Any] = {}  # per-build facts the steps share (image ref, kernel...)
+        self.error: str | None = None
+
+    def output(self, step: str, name: str) -> str:
+        try:
+            return self.records[step].outputs[name]
+        except KeyError:
+            raise BuildError(f"internal: step {step!r} has no output {name!r} yet") from None
+
+    def output_path(self, step: str, name: str) -> Path:
+        return self.store.path(self.output(step, name))
+
+    # ---- the two halves of a doit task -----------------------------------------------------
+    def lookup(self, step: StepDef) -> ActionRecord | None:
+        record = self.store.get_record(step.key())
+        if record is not None and self.store.record_valid(record):
+            return record
+        return None
+
+    def is_cached(self, step: StepDef) -> bool:
+        start = time.monotonic()
+        record = self.lookup(step)
+        if record is None:
+            return False
+        self._accept(step, record, "cached", time.monotonic() - start)
+        return True
+
+    def execute(self, step: StepDef) -> None:
+        start = time.monotonic()
+        key = step.key()
+        with self.store.lock(key):
+            record = self.lookup(step)  # a concurrent build may have made it while we waited
+            if record is not None:
+                self._accept(step, record, "cached", time.monotonic() - start)
+                return
+            parts = step.key_parts()
+            with self.store.staging(f"{step.name}-") as stage:
+                run = StepRun(self, stage, parts["inputs"], parts["params"])
+                outputs = step.work(run)
+            record = ActionRecord(key=key, step=step.name, step_version=step.version,
+                                  inputs=parts["inputs"], params=parts["params"],
+                                  tools=parts["tools"], outputs=outputs, info=run.info,
+                                  created=time.time(), seconds=round(time.monotonic() - start, 3))
+            self.store.put_record(record)
+        self._accept(step, record, "ran", time.monotonic() - start)
+
+    def _accept(self, step: StepDef, record: ActionRecord, status: str, seconds: float) -> None:
+        self.records[step.name] = record
+        self.store.touch_record(record.key)
+        for d in record.outputs.values():
+            self.store.touch(d)
+        self.report.append(StepReport(step.name, status, round(seconds, 3), record.key))
+
+
+def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun], dict[str, str]],
+              inputs: Callable[[], dict], params: Callable[[], dict] | dict | None = None,
+              tools: Callable[[], dict] | dict | None = None, deps: tuple[str, ...] = (),
+              doc: str = "", subtask: str | None = None) -> dict:
+    """The doit task dict for one content-addressed step (`subtask`: one of several, e.g. a layer).
+
+    Records are looked up as `build.records["name"]` or `build.records["name:subtask"]`.
+    """
+    full = f"{name}:{subtask}" if subtask else name
+    step = StepDef(full, version, inputs, _thunk(params), _thunk(tools), work)
+    build.steps[full] = step
+
+    def uptodate() -> bool:
+        return build.is_cached(step)
+
+    def action():
+        from doit.exceptions import TaskFailed
+
+        try:
+            build.execute(step)
+        except BuildError as exc:
+            build.error = str(exc)
+            return TaskFailed(build.error)
+        except (OSError, ValueError, RuntimeError) as exc:  # the user gets one line, not a traceback
+            build.error = f"step {full} failed: {exc}"
+            return TaskFailed(build.error)
+        return None
+
+    task = {"basename": name, "doc": doc or (work.__doc__ or "").strip().split("\n")[0],
+            "actions": [action], "uptodate": [uptodate], "task_dep": list(deps), "verbosity": 2}
+    if subtask:
+        task["name"] = subtask
+    return task
+
+
+def _thunk(value: Callable[[], dict] | dict | None) -> Callable[[], dict]:
+    if callable(value):
+        return value
+    frozen = dict(value or {})
+    return lambda: frozen

@@ -1,0 +1,31 @@
+"""File helpers shared by the steps that derive one disk image from another."""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+FICLONE = 0x40049409
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy a (sparse) disk image: reflink where the filesystem can, else copy only data extents."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        size = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                data = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            hole = os.lseek(fin.fileno(), data, os.SEEK_HOLE)
+            pos = data
+            while pos < hole:
+                pos += os.copy_file_range(fin.fileno(), fout.fileno(), hole - pos, pos, pos)
+            offset = hole
+        os.ftruncate(fout.fileno(), size)

@@ -1,0 +1,303 @@
+"""The content-addressed store: blobs, directory trees, action records, locks, stamps.
+
+Layout under the cache dir:
+    blobs/<alg>/<hex>         OCI-layout compatible blobs (layers, configs, disk images, ...)
+    trees/<alg>/<hex>/        directory artifacts (flattened root filesystems)
+    actions/<kk>/<key>.json   action records: key -> step, inputs, params, tools, outputs
+    stamps/<alg>/<hex>        "verified at this stat()" stamps; their mtime is the last use
+    locks/<key>.lock          one flock per action key
+    staging/                  everything is written here first, then renamed into place
+    images/<name>.json        named images: the roots the garbage collector keeps
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import digest as dg
+
+TREE = "tree+"  # prefix that marks a directory artifact's digest
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass
+class ActionRecord:
+    key: str
+    step: str
+    step_version: str
+    inputs: dict
+    params: dict
+    tools: dict
+    outputs: dict[str, str]
+    info: dict = field(default_factory=dict)
+    created: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def action_key(step: str, step_version: str, inputs: dict, params: dict, tools: dict) -> str:
+    return dg.key_of({"step": step, "step_version": step_version, "inputs": inputs,
+                      "params": params, "tools": tools})
+
+
+def tree_digest(root: Path) -> str:
+    """blake3 over a sorted listing of (path, type, mode, size, content digest or link target)."""
+    h = dg.hasher("blake3")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                entry = f"L {rel}/{name} {os.readlink(path)}"
+            elif os.path.isfile(path):
+                entry = f"F {rel}/{name} {st.st_mode:o} {dg.of_file(Path(path), 'blake3')[0]}"
+            else:
+                entry = f"O {rel}/{name} {st.st_mode:o}"
+            h.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+        for d in dirnames:
+            if not os.path.islink(os.path.join(dirpath, d)):
+                h.update(f"D {rel}/{d} {os.lstat(os.path.join(dirpath, d)).st_mode:o}\n".encode("utf-8", "surrogateescape"))
+    return f"{TREE}blake3:{h.hexdigest()}"
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        for sub in ("blobs", "trees", "actions", "stamps", "locks", "staging", "images"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._trusted: set[str] = set()  # digests fully verified in this process
+
+    # ---- paths -------------------------------------------------------------------------------
+    def path(self, digest: str) -> Path:
+        if digest.startswith(TREE):
+            alg, hexpart = dg.split(digest[len(TREE):])
+            return self.root / "trees" / alg / hexpart
+        alg, hexpart = dg.split(digest)
+        return self.root / "blobs" / alg / hexpart
+
+    def _stamp(self, digest: str) -> Path:
+        alg, hexpart = dg.split(digest.removeprefix(TREE))
+        return self.root / "stamps" / (("tree-" if digest.startswith(TREE) else "") + alg) / hexpart
+
+    # ---- staging -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def staging(self, prefix: str = "work-") -> Iterator[Path]:
+        """A private directory on the store's filesystem, removed whatever happens."""
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / "staging"))
+        try:
+            yield path
+        finally:
+            remove_tree(path)
+
+    # ---- ingest ------------------------------------------------------------------------------
+    def ingest_stream(self, chunks: Iterable[bytes], expected: str | None = None,
+                      size: int | None = None, algorithm: str = "sha256") -> str:
+        """Stream bytes into a blob; wrong digest or size raises and leaves nothing behind."""
+        with self.staging("ingest-") as stage:
+            tmp = stage / "blob"
+            alg = dg.split(expected)[0] if expected else algorithm
+            h = dg.hasher(alg)
+            n = 0
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    h.update(chunk)
+                    n += len(chunk)
+            actual = f"{alg}:{h.hexdigest()}"
+            self._check(actual, n, expected, size)
+            return self._commit_file(tmp, actual)
+
+    def ingest_file(self, path: Path, algorithm: str = "blake3", expected: str | None = None) -> str:
+        """Move a finished file (on the store's filesystem) into the store under its digest."""
+        actual, n = dg.of_file(path, dg.split(expected)[0] if expected else algorithm)
+        self._check(actual, n, expected, None)
+        return self._commit_file(path, actual)
+
+    def ingest_tree(self, path: Path) -> str:
+        digest = tree_digest(path)
+        dest = self.path(digest)
+        if dest.exists():
+            remove_tree(path)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, dest)
+        self._write_stamp(digest)
+        self._trusted.add(digest)
+        return digest
+
+    def _check(self, actual: str, n: int, expected: str | None, size: int | None) -> None:
+        if size is not None and n != size:
+            raise StoreError(f"size mismatch: expected {size} bytes, got {n}; nothing was cached")
+        if expected is not None and actual != expected:
+            raise StoreError(f"digest mismatch: expected {expected}, got {actual}; nothing was cached")
+
+    def _commit_file(self, tmp: Path, digest: str) -> str:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        dest = self.path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        self._write_stamp(digest)
+        self._trusted.add(digest)
+        return digest
+
+    # ---- read side -----------------------------------------------------------------------------
+    def _stat_key(self, path: Path) -> str:
+        st = path.stat()
+        return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+
+    def _write_stamp(self, digest: str) -> None:
+        stamp = self._stamp(digest)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(stamp, self._stat_key(self.path(digest)).encode())
+
+    def verify(self, digest: str, full: bool = False) -> bool:
+        """True if the artifact is present and intact. A corrupt one is removed.
+
+        Without `full`, an artifact whose stat() (size, mtime, ctime, inode) still matches the
+        stamp written when it was last hashed is trusted: ctime cannot be set back by a write,
+        so any modification forces a rehash. `banger cache verify` always rehashes.
+        """
+        path = self.path(digest)
+        if not path.exists():
+            return False
+        if not full and digest in self._trusted:
+            return True
+        stamp = self._stamp(digest)
+        if not full:
+            try:
+                if stamp.read_text() == self._stat_key(path):
+                    self._trusted.add(digest)
+                    return True
+            except FileNotFoundError:
+                pass
+        if digest.startswith(TREE):
+            actual = tree_digest(path)
+        else:
+            actual = dg.of_file(path, dg.split(digest)[0])[0]
+        if actual != digest:
+            self.remove(digest)
+            return False
+        self._write_stamp(digest)
+        self._trusted.add(digest)
+        return True
+
+    def touch(self, digest: str) -> None:
+        """Record a use (the stamp's mtime); gc evicts least recently used first."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._stamp(digest))
+
+    def last_used(self, digest: str) -> float:
+        for p in (self._stamp(digest), self.path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                return p.stat().st_mtime
+        return 0.0
+
+    def remove(self, digest: str) -> None:
+        path = self.path(digest)
+        if path.is_dir():
+            remove_tree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self._stamp(digest).unlink()
+        self._trusted.discard(digest)
+
+    def size_of(self, digest: str) -> int:
+        """Bytes on disk (allocated blocks, so a sparse disk image counts what it really uses)."""
+        path = self.path(digest)
+        if path.is_dir():
+            return sum(os.lstat(os.path.join(d, f)).st_blocks * 512
+                       for d, _, files in os.walk(path) for f in files)
+        return path.stat().st_blocks * 512
+
+    def artifacts(self) -> Iterator[str]:
+        for kind, prefix in (("blobs", ""), ("trees", TREE)):
+            base = self.root / kind
+            for algdir in sorted(base.iterdir()) if base.exists() else []:
+                for entry in sorted(algdir.iterdir()):
+                    yield f"{prefix}{algdir.name}:{entry.name}"
+
+    # ---- action records ----------------------------------------------------------------------
+    def _record_path(self, key: str) -> Path:
+        return self.root / "actions" / key[:2] / f"{key}.json"
+
+    def get_record(self, key: str) -> ActionRecord | None:
+        try:
+            data = json.loads(self._record_path(key).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return ActionRecord(**data)
+
+    def put_record(self, record: ActionRecord) -> None:
+        path = self._record_path(record.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(record.to_json(), indent=1, sort_keys=True).encode())
+
+    def touch_record(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._record_path(key))
+
+    def records(self) -> Iterator[tuple[ActionRecord, float]]:
+        for path in sorted((self.root / "actions").glob("*/*.json")):
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, TypeError):
+                yield ActionRecord(**json.loads(path.read_text())), path.stat().st_mtime
+
+    def remove_record(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._record_path(key).unlink()
+
+    def record_valid(self, record: ActionRecord) -> bool:
+        """Every output of the record is present and intact (verifying on first trust)."""
+        return all(self.verify(d) for d in record.outputs.values())
+
+    # ---- locking -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive per-action lock; a second builder of the same action waits here."""
+        with open(self.root / "locks" / f"{key}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also copes with read-only directories an extraction left behind."""
+    def onerror(func, p, exc):
+        parent = os.path.dirname(p)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            func(p)
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)
