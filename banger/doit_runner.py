@@ -39,7 +39,15 @@ def _reporter_class(build_holder: list):
         def skip_uptodate(self, task): pass
         def skip_ignore(self, task): pass
         def teardown_task(self, task): pass
-        def complete_run(self): pass
+        def complete_run(self):
+            """Under plain `doit` (dodo.py) nobody else prints the outcome, so we do."""
+            build = build_holder[0] if build_holder else None
+            if build is None or "on_complete" not in build.context:
+                return
+            if build.error:
+                self._log(f"error: {build.error}")
+            else:
+                build.context["on_complete"]()
 
         def execute_task(self, task):
             if task.actions and not task.name.startswith("_"):

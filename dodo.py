@@ -1,0 +1,35 @@
+"""doit entry point: in a checkout, `doit build image=REF [name=N] ...` does what
+`banger build image=REF ...` does, with the checkout's cache/ directory as the artifact cache."""
+from pathlib import Path
+
+from doit import get_var
+
+from banger import pipeline
+from banger.build import new_build, record_image, summary_lines
+from banger.config import default_dirs
+from banger.doit_runner import doit_config
+from banger.spec import KEYS, SpecError, parse_words
+
+CACHE = Path(__file__).resolve().parent / "cache"
+_builds: list = []
+DOIT_CONFIG = doit_config(_builds, CACHE / ".doit.db")
+
+
+def task_build():
+    """Build (and boot-check) image=REF."""
+    try:
+        spec = parse_words([f"{k}={get_var(k)}" for k in KEYS if get_var(k)])
+    except SpecError as exc:
+        message = str(exc)
+        yield {"basename": "build", "actions": [lambda: print(f"error: {message}") or False],
+               "verbosity": 2}
+        return
+    build = new_build(spec, default_dirs(CACHE))
+
+    def finish() -> None:
+        if build.error is None and "image" in build.context:
+            print("\n".join(summary_lines(record_image(build, spec), build.store)))
+
+    build.context["on_complete"] = finish
+    _builds.append(build)
+    yield from pipeline.tasks(build, spec)
