@@ -25,16 +25,21 @@ class Dirs:
 def default_dirs(cache_dir: str | os.PathLike | None = None) -> Dirs:
     """Dirs for this process: --cache-dir beats $BANGER_CACHE_DIR beats $XDG_CACHE_HOME/banger."""
     chosen = cache_dir or os.environ.get(CACHE_ENV)
-    cache = Path(chosen).resolve() if chosen else Path(BaseDirectory.xdg_cache_home) / "banger"
+    cache = Path(chosen).resolve() if chosen else _xdg("XDG_CACHE_HOME", BaseDirectory.xdg_cache_home)
     return Dirs(
         cache=cache,
-        state=Path(BaseDirectory.xdg_state_home) / "banger",
-        config=Path(BaseDirectory.xdg_config_home) / "banger",
+        state=_xdg("XDG_STATE_HOME", BaseDirectory.xdg_state_home),
+        config=_xdg("XDG_CONFIG_HOME", BaseDirectory.xdg_config_home),
     )
 
 
+def _xdg(variable: str, imported: str) -> Path:
+    # pyxdg reads the variables once at import; a later change (tests, embedding) must still count.
+    return Path(os.environ.get(variable) or imported) / "banger"
+
+
 def load_config(dirs: Dirs) -> dict:
-    """User settings (e.g. {"insecure_registries": ["host:5000"], "default_kernel": "debian-cloud"})."""
+    """User settings (e.g. {"insecure_registries": ["host:5000"], "default_kernel": "debian-cloud-amd64"})."""
     try:
         return json.loads(dirs.config_file.read_text())
     except FileNotFoundError:

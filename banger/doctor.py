@@ -19,6 +19,8 @@ TOOLS = [  # (command, what it is for, Debian package)
     ("debugfs", "apply ownership, inject files", "e2fsprogs"),
     ("e2fsck", "check built images", "e2fsprogs"),
     ("qemu-system-x86_64", "boot VMs (QEMU backend)", "qemu-system-x86"),
+    ("resize2fs", "grow an image to fit kernel modules", "e2fsprogs"),
+    ("depmod", "index kernel modules", "kmod"),
     ("dpkg-deb", "import Debian kernel packages", "dpkg"),
     ("apt-get", "pull Debian kernels and busybox", "apt"),
 ]
