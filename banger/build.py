@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 from . import doit_runner, images, pipeline
@@ -22,9 +21,10 @@ def new_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
 
 def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> images.ImageRecord:
     build = new_build(spec, dirs, log)
+    task_dicts = list(pipeline.tasks(build, spec))  # resolves the image; errors here are one line
     dep_file = build.store.root / "staging" / f"doit-{os.getpid()}.json"
     try:
-        code = doit_runner.run(build, lambda: pipeline.tasks(build, spec), dep_file)
+        code = doit_runner.run(build, lambda: (t for t in task_dicts), dep_file)
     finally:
         for p in dep_file.parent.glob(dep_file.name + "*"):
             p.unlink(missing_ok=True)
@@ -59,6 +59,8 @@ def record_image(build: Build, spec: BuildSpec) -> images.ImageRecord:
                for r in build.report],
         rootfs_size=build.store.path(rootfs).stat().st_size if rootfs else 0,
         platform=getattr(resolved, "platform", ""),
+        # manifests are in the store too; gc keeps them so an offline rebuild still resolves
+        extra={"index_digest": getattr(resolved, "index_digest", None)},
     )
     images.save(build.store, record)
     return record
@@ -130,7 +132,3 @@ def _why(build: Build, name: str, parts: dict, previous: dict[str, str]) -> str:
 def _short(value) -> str:
     text = str(value)
     return text if len(text) <= 30 else text[:27] + "..."
-
-
-def dep_file_for(root: Path) -> Path:
-    return root / ".doit.db"

@@ -35,7 +35,7 @@ def _digests_in(value) -> Iterator[str]:
 def image_closure(store: Store, image: images.ImageRecord) -> tuple[set[str], set[str]]:
     """(record keys, artifact digests) an image needs for a fully cached rebuild."""
     keys = {s["key"] for s in image.steps}
-    digests = set(_digests_in(image.artifacts)) | {image.digest}
+    digests = set(_digests_in(image.artifacts)) | set(_digests_in(image.extra)) | {image.digest}
     for key in keys:
         record = store.get_record(key)
         if record is not None:

@@ -213,6 +213,39 @@ def image_rm(name: str) -> None:
     typer.echo(f"removed image {name} (run `banger cache gc` to reclaim space)")
 
 
+# ---- the embedded default -----------------------------------------------------------------------
+@app.command()
+def demo(boot: bool = typer.Option(True, "--boot/--no-boot", help="Boot the image and probe it over SSH."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Build and boot the embedded default: a local registry holding a Debian bookworm image made
+    with debootstrap (first run needs root), and the Debian cloud kernel."""
+    from .build import run_build, summary_lines
+    from .devimage import ensure_demo_image
+    from .engine import BuildError
+    from .kernel_bundle import KernelError
+    from .spec import parse_words
+    from .stage_kernel import ensure_default_kernel
+
+    say = lambda m: typer.echo(m, err=True)  # noqa: E731
+    d = dirs()
+    try:
+        ensure_default_kernel(d, log=say)
+        registry, ref = ensure_demo_image(d.cache / "demo", log=say)
+    except (BuildError, KernelError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+    try:
+        say(f"banger build image={ref}" + ("" if boot else " boot=no"))
+        record = run_build(parse_words([f"image={ref}", *([] if boot else ["boot=no"])]), d, log=say)
+    except BuildError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; rerun `banger demo` to continue where it stopped")
+    finally:
+        registry.stop()
+    s = store()
+    emit(record.to_json(s), as_json, summary_lines(record, s))
+
+
 # ---- misc ----------------------------------------------------------------------------------------
 @app.command()
 def version(as_json: bool = typer.Option(False, "--json")) -> None:

@@ -7,6 +7,7 @@ write command as that command's failure.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,8 @@ class Block:
     output: list[str]
 
 
-def run(image: Path, commands: list[str], write: bool = False) -> list[Block]:
+def run(image: Path, commands: list[str], write: bool = False,
+        env: dict[str, str] | None = None) -> list[Block]:
     """Run `commands` in one debugfs session; raise DebugfsError naming the first failed one."""
     if not Path(image).is_file():
         raise DebugfsError(f"debugfs: no image at {image}")
@@ -42,7 +44,8 @@ def run(image: Path, commands: list[str], write: bool = False) -> list[Block]:
     if shutil.which("stdbuf"):
         argv = ["stdbuf", "-o0", *argv]
     proc = subprocess.run(argv, input="\n".join(commands) + "\n", stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="surrogateescape")
+                          stderr=subprocess.STDOUT, text=True, errors="surrogateescape",
+                          env={**os.environ, **env} if env else None)
     preamble, _, _ = proc.stdout.partition(PROMPT)
     opened_badly = [line for line in preamble.splitlines() if line.strip() and not BENIGN.match(line)]
     if proc.returncode != 0 or opened_badly:

@@ -2,23 +2,14 @@
 disk under cache/test-fixtures/ so a second test run reuses them."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from banger import devregistry
-
-REPO = Path(__file__).resolve().parent.parent
-FIXTURE_CACHE = Path(os.environ.get("BANGER_TEST_FIXTURES", REPO / "cache" / "test-fixtures"))
-
-
-def need(*tools: str) -> None:
-    """Skip when a host tool is missing (CI installs them all, so there nothing skips)."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing host tools: {', '.join(missing)} (scripts/setup.sh installs them)")
+from tests.support_tools import FIXTURE_CACHE, REPO, need  # noqa: F401  (re-exported for tests)
+from tests.support_images import debian_image_ref, debian_layout  # noqa: F401,E402  (session fixtures)
+from tests.support_kernel import busybox_static, debian_bundle, debian_kernel_deb  # noqa: F401,E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,85 @@
+"""`banger build` end to end on a real Debian bookworm image from a real registry, with the Debian
+cloud kernel, booted under QEMU (TCG here) and probed over SSH. One cold boot, one boot after a
+template edit; everything else is shared through session fixtures."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.support_tools import REPO, need
+
+pytestmark = pytest.mark.slow
+STEPS = ["flatten", "ext4", "ownership", "inject", "stage-kernel", "boot"]
+
+
+@pytest.fixture(scope="session")
+def e2e_env(tmp_path_factory, debian_bundle):
+    need("qemu-system-x86_64", "mkfs.ext4", "debugfs", "e2fsck")
+    root = tmp_path_factory.mktemp("e2e")
+    state = root / "state" / "banger"
+    state.mkdir(parents=True)
+    (state / "kernels").symlink_to(debian_bundle.path.parent)
+    return {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
+            "XDG_CONFIG_HOME": str(root / "config")}
+
+
+def banger(env, *args, timeout=1200):
+    proc = subprocess.run([sys.executable, "-m", "banger", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=REPO, timeout=timeout)
+    assert proc.returncode == 0, f"banger {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def statuses(result):
+    return {s["step"]: s["status"] for s in result["steps"] if not s["step"].startswith("fetch:")}
+
+
+@pytest.fixture(scope="session")
+def cold(e2e_env, debian_image_ref):
+    return json.loads(banger(e2e_env, "build", f"image={debian_image_ref}", "--json").stdout)
+
+
+def test_cold_build_runs_all_seven_steps_and_the_vm_answers_over_ssh(cold, e2e_env):
+    assert statuses(cold) == {s: "ran" for s in STEPS}
+    fetched = [s for s in cold["steps"] if s["step"].startswith("fetch:")]
+    assert len(fetched) >= 2 and all(s["status"] == "ran" for s in fetched)
+    assert cold["image"] == "debian-bookworm"
+    for name in ("rootfs", "kernel", "initrd", "boot-result"):
+        assert os.path.isfile(cold["artifacts"][name]), name
+    probe = json.loads(open(cold["artifacts"]["boot-result"]).read())
+    assert probe["uid"] == 0
+    assert probe["os_release"]["ID"] == "debian"
+    assert probe["units"]["banger-network.service"]["active"] == "active"
+    assert all(u["load"] == "loaded" and u["result"] == "success" for u in probe["units"].values()), probe["units"]
+    assert probe["clean_shutdown"]
+    fsck = subprocess.run(["e2fsck", "-fn", cold["artifacts"]["rootfs"]], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
+def test_second_identical_build_is_all_cached(cold, e2e_env, debian_image_ref):
+    again = json.loads(banger(e2e_env, "build", f"image={debian_image_ref}", "--json").stdout)
+    assert set(s["status"] for s in again["steps"]) == {"cached"}
+    assert again["artifacts"] == cold["artifacts"]
+    shown = json.loads(banger(e2e_env, "image", "show", "debian-bookworm", "--json").stdout)
+    assert shown["artifacts"] == cold["artifacts"]
+    listed = json.loads(banger(e2e_env, "image", "list", "--json").stdout)
+    assert [i["name"] for i in listed] == ["debian-bookworm"]
+
+
+def test_template_edit_reruns_only_inject_stage_kernel_and_boot(cold, e2e_env, debian_image_ref, tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    agent = next(templates.glob("agent.sh.j2"))
+    agent.write_text(agent.read_text() + "\n# edited by the template-edit test\n")
+    env = {**e2e_env, "BANGER_TEMPLATES_DIR": str(templates)}
+    explained = json.loads(banger(env, "build", f"image={debian_image_ref}", "--explain", "--json").stdout)
+    plan = {s["step"]: s for s in explained["steps"] if not s["step"].startswith("fetch:")}
+    assert [s for s in STEPS if plan[s]["status"] == "will-run"] == ["inject", "stage-kernel", "boot"]
+    assert "assets" in plan["inject"]["why"]
+    edited = json.loads(banger(env, "build", f"image={debian_image_ref}", "--json").stdout)
+    assert statuses(edited) == {"flatten": "cached", "ext4": "cached", "ownership": "cached",
+                                "inject": "ran", "stage-kernel": "ran", "boot": "ran"}
+    assert edited["artifacts"]["rootfs"] != cold["artifacts"]["rootfs"]
