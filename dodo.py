@@ -8,6 +8,7 @@ from banger import pipeline
 from banger.build import new_build, record_image, summary_lines
 from banger.config import default_dirs
 from banger.doit_runner import doit_config
+from banger.engine import BuildError
 from banger.spec import KEYS, SpecError, parse_words
 
 CACHE = Path(__file__).resolve().parent / "cache"
@@ -19,12 +20,13 @@ def task_build():
     """Build (and boot-check) image=REF."""
     try:
         spec = parse_words([f"{k}={get_var(k)}" for k in KEYS if get_var(k)])
-    except SpecError as exc:
+        build = new_build(spec, default_dirs(CACHE))
+        task_dicts = list(pipeline.tasks(build, spec))
+    except (SpecError, BuildError) as exc:
         message = str(exc)
         yield {"basename": "build", "actions": [lambda: print(f"error: {message}") or False],
                "verbosity": 2}
         return
-    build = new_build(spec, default_dirs(CACHE))
 
     def finish() -> None:
         if build.error is None and "image" in build.context:
@@ -32,4 +34,4 @@ def task_build():
 
     build.context["on_complete"] = finish
     _builds.append(build)
-    yield from pipeline.tasks(build, spec)
+    yield from task_dicts

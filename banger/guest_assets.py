@@ -102,8 +102,14 @@ class GuestAssets:
 
 
 def template_dir() -> Path:
-    """banger/templates/ when installed (pyproject maps the package `banger.templates` there),
-    else the repo's top-level templates/ when run from a source checkout."""
+    """$BANGER_TEMPLATES_DIR (your own guest assets) when set; else banger/templates/ when
+    installed (pyproject maps the package `banger.templates` there), else the repo's top-level
+    templates/ when run from a source checkout."""
+    override = os.environ.get("BANGER_TEMPLATES_DIR")
+    if override:
+        if not (Path(override) / "network.sh.j2").is_file():
+            raise AssetError(f"BANGER_TEMPLATES_DIR={override} holds no banger templates; copy templates/ there first")
+        return Path(override)
     here = Path(__file__).resolve().parent
     installed = here / "templates"
     return installed if (installed / "network.sh.j2").is_file() else here.parent / "templates"
