@@ -6,21 +6,19 @@ clock, the host's mke2fs.conf or the user running it.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from . import debugfs
 
 # Every timestamp e2fsprogs writes (superblock times, new inodes' a/c/m/crtime) is this instant.
 # Must be non-zero: libext2fs treats fs->now == 0 as "use the clock".
 EPOCH = 946684800  # 2000-01-01T00:00:00Z
+PINS = {"E2FSPROGS_FAKE_TIME": str(EPOCH), "LC_ALL": "C", "TZ": "UTC"}
 ROOT_INO = 2
 BLOCK = 4096
 INODE_SIZE = 256
@@ -51,7 +49,7 @@ class E2fsError(RuntimeError):
 def env(stage: Path | None = None) -> dict[str, str]:
     """The environment every e2fsprogs run gets (stage: where our mke2fs.conf is written)."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(("E2FSPROGS_", "MKE2FS_", "E2FSCK_"))}
-    out.update(LC_ALL="C", TZ="UTC", E2FSPROGS_FAKE_TIME=str(EPOCH))
+    out.update(PINS)
     if stage is not None:
         conf = stage / "mke2fs.conf"
         if not conf.exists():
@@ -78,35 +76,11 @@ def quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-@contextlib.contextmanager
-def pinned_clock() -> Iterator[None]:
-    """E2FSPROGS_FAKE_TIME (and C locale) for the debugfs that debugfs.run starts.
-
-    debugfs.run passes no environment of its own, so the pin has to be in ours while it runs.
-    """
-    pins = {"E2FSPROGS_FAKE_TIME": str(EPOCH), "LC_ALL": "C", "TZ": "UTC"}
-    saved = {k: os.environ.get(k) for k in pins}
-    with _ENV_LOCK:
-        os.environ.update(pins)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-
-_ENV_LOCK = threading.Lock()
-
-
 def run(image: Path, commands: list[str], write: bool = False) -> list[debugfs.Block]:
     """debugfs.run with the clock pinned; also `cd` must be silent (a failed cd would put what
     follows elsewhere)."""
     try:
-        with pinned_clock():
-            blocks = debugfs.run(image, commands, write=write)
+        blocks = debugfs.run(image, commands, write=write, env=PINS)
     except debugfs.DebugfsError as exc:
         raise E2fsError(str(exc)) from None
     if len(blocks) != len(commands):

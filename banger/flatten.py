@@ -51,7 +51,7 @@ def flatten_layers(layers: Sequence[tuple[Path, str, str]], tree_dir: Path, meta
     files = data = 0
     try:
         for number, (path, media_type, diff_id) in enumerate(layers, 1):
-            label = f"layer {number}/{len(layers)} ({diff_id})"
+            label = f"layer {number}/{len(layers)} ({diff_id[:19]})"
             applier = LayerApplier(tree, number, label)
             with LayerStream(Path(path), media_type, diff_id, label) as stream:
                 try:

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from . import fsmeta
 
-DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 DISK_DIR_MODE = 0o755
 FD_CACHE = 64

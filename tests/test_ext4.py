@@ -2,7 +2,6 @@
 reproducibility across tree copies, and the step wiring (record, cache, --check)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from banger import digest as dg
 from banger import e2fs, ext4, fsmeta
 from banger.engine import Build, BuildError
 from banger.spec import BuildSpec
@@ -52,7 +52,8 @@ def cat(image: Path, path: str) -> bytes:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Content digest of an image (blake3, streamed: images are 1 GiB sparse files)."""
+    return dg.of_file(path, "blake3")[0]
 
 
 @pytest.fixture(autouse=True)
