@@ -20,6 +20,11 @@ def new_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
 
 
 def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> images.ImageRecord:
+    return record_image(execute(spec, dirs, log), spec)
+
+
+def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
+    """Run every step (cached ones cost a lookup); raises BuildError with one line on failure."""
     build = new_build(spec, dirs, log)
     task_dicts = list(pipeline.tasks(build, spec))  # resolves the image; errors here are one line
     dep_file = build.store.root / "staging" / f"doit-{os.getpid()}.json"
@@ -30,7 +35,7 @@ def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
             p.unlink(missing_ok=True)
     if code != 0:
         raise BuildError(build.error or f"build failed (doit exit code {code})")
-    return record_image(build, spec)
+    return build
 
 
 def artifacts_of(build: Build) -> dict[str, str]:

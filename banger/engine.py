@@ -29,10 +29,11 @@ class StepRun:
     inputs: dict
     params: dict
     info: dict = field(default_factory=dict)  # extra facts for the record (sizes, versions...)
+    output_store: Store | None = None  # where outputs go; a scratch store when re-checking
 
     @property
     def store(self) -> Store:
-        return self.build.store
+        return self.output_store or self.build.store
 
     def path(self, digest: str) -> Path:
         return self.build.store.path(digest)
@@ -117,6 +118,25 @@ class Build:
                                   created=time.time(), seconds=round(time.monotonic() - start, 3))
             self.store.put_record(record)
         self._accept(step, record, "ran", time.monotonic() - start)
+
+    def recheck(self, name: str) -> list[str]:
+        """Run a cached step's work again on its recorded inputs, into a scratch store; the
+        differences from the recorded outputs (empty = the step is reproducible)."""
+        from .fsutil import first_difference
+
+        record, step = self.records[name], self.steps[name]
+        with self.store.staging(f"check-{name.replace(':', '-')}-") as scratch_dir:
+            scratch = Store(scratch_dir / "store")
+            with scratch.staging() as stage:
+                outputs = step.work(StepRun(self, stage, record.inputs, record.params, output_store=scratch))
+            differences = []
+            for out, digest in record.outputs.items():
+                again = outputs.get(out)
+                if again != digest:
+                    where = first_difference(self.store.path(digest), scratch.path(again)) if again else None
+                    differences.append(f"{name}.{out}: cached {digest[:23]}…, rebuilt {str(again)[:23]}…"
+                                       + (f" ({where})" if where else ""))
+        return differences
 
     def _accept(self, step: StepDef, record: ActionRecord, status: str, seconds: float) -> None:
         self.records[step.name] = record

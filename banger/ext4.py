@@ -300,37 +300,6 @@ def seed_of(inputs: dict, params: dict) -> str:
     return dg.key_of({"inputs": inputs, "params": params})
 
 
-def first_difference(a: Path, b: Path) -> str | None:
-    """None if the files are identical, else where they first differ (4 KiB block number)."""
-    if a.stat().st_size != b.stat().st_size:
-        return f"sizes differ ({a.stat().st_size} vs {b.stat().st_size} bytes)"
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        block = 0
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                for i in range(0, len(x), BLOCK):
-                    if x[i:i + BLOCK] != y[i:i + BLOCK]:
-                        return f"first difference in 4 KiB block {block + i // BLOCK}"
-            if not x:
-                return None
-            block += len(x) // BLOCK
-
-
-def check(build: Build, record) -> str | None:
-    """Rebuild a cached ext4 image in a private staging dir; None if byte-identical, else why not."""
-    store = build.store
-    with store.staging("ext4-check-") as stage:
-        out = stage / "rootfs.ext4"
-        build_ext4(store.path(record.inputs["tree"]), record.params.get("size"), out,
-                   seed_of(record.inputs, record.params))
-        got = dg.of_file(out, "blake3")[0]
-        if got == record.outputs["image"]:
-            return None
-        return (f"ext4 rebuild differs: cached {record.outputs['image']}, rebuilt {got}; "
-                f"{first_difference(store.path(record.outputs['image']), out)}")
-
-
 # ---- task --------------------------------------------------------------------------------------
 def work(run: StepRun) -> dict[str, str]:
     """Build the ext4 image from the flattened tree"""

@@ -29,3 +29,20 @@ def copy_sparse(src: Path, dst: Path) -> None:
                 pos += os.copy_file_range(fin.fileno(), fout.fileno(), hole - pos, pos, pos)
             offset = hole
         os.ftruncate(fout.fileno(), size)
+
+
+def first_difference(a: Path, b: Path, block: int = 4096) -> str | None:
+    """None if the files are identical, else where they first differ (block number)."""
+    if not (a.is_file() and b.is_file()):
+        return None
+    if a.stat().st_size != b.stat().st_size:
+        return f"sizes differ: {a.stat().st_size} vs {b.stat().st_size} bytes"
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        offset = 0
+        while x := fa.read(1 << 20):
+            y = fb.read(1 << 20)
+            if x != y:
+                first = next(i for i in range(len(x)) if x[i] != y[i])
+                return f"first difference in {block}-byte block {(offset + first) // block}"
+            offset += len(x)
+    return None

@@ -185,23 +185,6 @@ def comparable(name: str, value: bytes) -> bytes:
 
 
 # ---- --check -----------------------------------------------------------------------------------
-def check(build: Build, record) -> str | None:
-    """Re-apply ownership to the cached ext4 image; None if byte-identical, else why not."""
-    from .ext4 import first_difference
-
-    store = build.store
-    with store.staging("ownership-check-") as stage:
-        out = stage / "rootfs.ext4"
-        fsutil.copy_sparse(store.path(record.inputs["image"]), out)
-        out.chmod(0o644)
-        apply_ownership(out, store.path(record.inputs["meta"]))
-        got = dg.of_file(out, "blake3")[0]
-        if got == record.outputs["image"]:
-            return None
-        return (f"ownership rebuild differs: cached {record.outputs['image']}, rebuilt {got}; "
-                f"{first_difference(store.path(record.outputs['image']), out)}")
-
-
 # ---- task --------------------------------------------------------------------------------------
 def work(run: StepRun) -> dict[str, str]:
     """Apply ownership, modes, times, xattrs and device nodes from fsmeta"""

@@ -83,3 +83,9 @@ def test_template_edit_reruns_only_inject_stage_kernel_and_boot(cold, e2e_env, d
     assert statuses(edited) == {"flatten": "cached", "ext4": "cached", "ownership": "cached",
                                 "inject": "ran", "stage-kernel": "ran", "boot": "ran"}
     assert edited["artifacts"]["rootfs"] != cold["artifacts"]["rootfs"]
+
+
+def test_check_rebuilds_every_step_and_finds_the_same_bytes(cold, e2e_env, debian_image_ref):
+    result = json.loads(banger(e2e_env, "build", f"image={debian_image_ref}", "--check", "--json").stdout)
+    assert result["identical"], result["differences"]
+    assert {"flatten", "ext4", "ownership", "inject", "stage-kernel"} <= set(result["checked"])

@@ -82,3 +82,26 @@ def test_corrupted_output_is_detected_removed_and_rebuilt(tmp_path):
     result = toy(cache, "a", log)
     assert result == {"one": "cached", "two": "ran", "three": "cached", "four": "cached"}
     assert blob.read_bytes() == good
+
+
+def test_recheck_finds_a_step_that_is_not_reproducible(tmp_path):
+    from banger.engine import Build, step_task
+    from banger.store import Store
+
+    store = Store(tmp_path / "c")
+    build = Build(store, log=lambda m: None)
+
+    def make(name, payload):
+        def work(run):
+            out = run.stage / "out"
+            out.write_bytes(payload())
+            return {"out": run.store.ingest_file(out)}
+        step_task(build, name=name, version="1", work=work, inputs=lambda: {"seed": "s"})
+        build.execute(build.steps[name])
+
+    make("steady", lambda: b"same bytes every time")
+    make("noisy", lambda: os.urandom(64))
+    assert build.recheck("steady") == []
+    (difference,) = build.recheck("noisy")
+    assert difference.startswith("noisy.out: cached blake3:") and "block 0" in difference
+    assert len(list(store.artifacts())) == 2  # the re-run went to a scratch store, not the cache
