@@ -13,6 +13,8 @@ packages=(
   umoci skopeo         # OCI layouts, pushing to the local registry, the peer benchmark
   docker-registry      # the local registry the demo and the tests start
   apache2-utils        # htpasswd for the Basic-auth registry test
+  lz4 iproute2 systemd util-linux   # tests: lz4 payloads, tap devices, systemd-analyze verify, setpriv
+  time                 # GNU time: peak RSS in bench/
   ca-certificates
 )
 missing=()
