@@ -56,6 +56,13 @@ def run(image: Path, commands: list[str], write: bool = False,
     return blocks
 
 
+def quote(text: str) -> str:
+    """One debugfs argument: double quotes, a literal quote doubled (debugfs' ss parser)."""
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise DebugfsError(f"path component {text!r} contains a newline; ext4 images cannot be built from it with debugfs")
+    return '"' + text.replace('"', '""') + '"'
+
+
 def parse(text: str) -> list[Block]:
     blocks: list[Block] = []
     for line in text.splitlines():

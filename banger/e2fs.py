@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import debugfs
+from .debugfs import quote  # noqa: F401  (the module's callers use e2fs.quote)
 
 # Every timestamp e2fsprogs writes (superblock times, new inodes' a/c/m/crtime) is this instant.
 # Must be non-zero: libext2fs treats fs->now == 0 as "use the clock".
@@ -67,13 +68,6 @@ def version(tool: str = "mke2fs") -> str:
         raise E2fsError(f"{tool} is not installed; install e2fsprogs (apt-get install e2fsprogs)") from None
     first = (proc.stderr or proc.stdout).strip().splitlines()
     return first[0] if first else f"{tool} (unknown version)"
-
-
-def quote(text: str) -> str:
-    """One debugfs argument: double quotes, a literal quote doubled (debugfs' ss parser)."""
-    if "\n" in text or "\r" in text or "\0" in text:
-        raise E2fsError(f"path component {text!r} contains a newline; ext4 images cannot be built from it with debugfs")
-    return '"' + text.replace('"', '""') + '"'
 
 
 def run(image: Path, commands: list[str], write: bool = False) -> list[debugfs.Block]:

@@ -21,7 +21,6 @@ from .config import default_dirs, load_config
 from .engine import Build, BuildError, StepRun
 from .oci_source import LayoutSource
 from .reference import LayoutReference, Reference, ReferenceError, parse
-from .registry import RegistrySource, Unreachable
 from .spec import BuildSpec
 from .store import Store, StoreError, atomic_write
 
@@ -58,7 +57,25 @@ class ResolvedImage:
 def open_source(ref: Reference | LayoutReference, build: Build) -> Source:
     if isinstance(ref, LayoutReference):
         return LayoutSource(ref)
-    return RegistrySource(ref, insecure=insecure_registries(build))
+    return LazyRegistrySource(ref, insecure_registries(build))
+
+
+class LazyRegistrySource:
+    """The registry client, made (and `requests` imported) only when the network is needed:
+    a build of a digest-pinned, fully cached image never needs it."""
+    kind = "registry"
+
+    def __init__(self, ref: Reference, insecure: list[str]):
+        self._args = (ref, insecure)
+        self._real = None
+
+    def __getattr__(self, name: str):
+        if self._real is None:
+            from .registry import RegistrySource
+
+            ref, insecure = self._args
+            self._real = RegistrySource(ref, insecure=insecure)
+        return getattr(self._real, name)
 
 
 def insecure_registries(build: Build) -> list[str]:
@@ -135,9 +152,13 @@ def fetch_blob(source: Source, desc: dict, run: StepRun) -> dict[str, str]:
 # ---- resolution helpers -------------------------------------------------------------------------
 
 def _resolve_top(build: Build, ref: Reference | LayoutReference, source: Source) -> tuple[dict, bytes | None, bool]:
-    if not isinstance(ref, Reference) or ref.digest:
+    if isinstance(ref, Reference) and ref.digest:
+        return {"digest": ref.digest}, None, False
+    if not isinstance(ref, Reference):
         desc, body = source.resolve()
         return desc, body, False
+    from .registry_http import Unreachable
+
     try:
         desc, body = source.resolve()
     except Unreachable:

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from . import debugfs, fsutil
+from . import debugfs, e2fs, fsutil
 from . import digest as dg
 from .engine import Build, BuildError, StepRun, step_task
 from .guest_assets import (AssetError, GuestAssets, ImageLayout, NetworkSettings, assets_digest,
@@ -54,7 +54,7 @@ class InjectReport:
 
 def stat_paths(image: Path, paths: list[str]) -> dict[str, Entry | None]:
     """Type (and mtime) of each path in the image, None when absent; one read-only debugfs run."""
-    blocks = debugfs.run(image, [f"stat {_quote(p)}" for p in paths])
+    blocks = debugfs.run(image, [f"stat {debugfs.quote(p)}" for p in paths])
     found: dict[str, Entry | None] = {}
     for path, block in zip(paths, blocks):
         kind, mtime, link = None, None, None
@@ -83,7 +83,7 @@ def probe_layout(image: Path, scratch: Path) -> ImageLayout:
         return ImageLayout("systemd", lib_dir, has_sshd)
     if found["/etc/inittab"] and found["/etc/inittab"].type == "regular":
         copy = scratch / "inittab"
-        debugfs.run(image, [f"dump /etc/inittab {_quote(str(copy))}"])
+        debugfs.run(image, [f"dump /etc/inittab {debugfs.quote(str(copy))}"])
         if not copy.is_file():
             raise BuildError("could not read /etc/inittab from the image (debugfs dump failed)")
         init = found["/sbin/init"]
@@ -107,15 +107,15 @@ def inject_agents(image: Path, assets: GuestAssets, scratch: Path) -> InjectRepo
 
     def owned(path: str, mode: int | None) -> None:
         if mode is not None:
-            commands.append(f"sif {_quote(path)} mode 0{mode:o}")
-        commands.append(f"sif {_quote(path)} uid 0")
-        commands.append(f"sif {_quote(path)} gid 0")
+            commands.append(f"sif {debugfs.quote(path)} mode 0{mode:o}")
+        commands.append(f"sif {debugfs.quote(path)} uid 0")
+        commands.append(f"sif {debugfs.quote(path)} gid 0")
 
     created = 0
     for d in wanted_dirs:
         entry = found[d]
         if entry is None:
-            commands.append(f"mkdir {_quote(d)}")
+            commands.append(f"mkdir {debugfs.quote(d)}")
             owned(d, 0o40000 | assets.dir_modes.get(d, 0o755))
             created += 1
         elif entry.type not in ("directory", "symlink"):
@@ -130,17 +130,17 @@ def inject_agents(image: Path, assets: GuestAssets, scratch: Path) -> InjectRepo
             if entry.type == "directory":
                 raise BuildError(f"the image has a directory at {path} where banger writes a file; "
                                  f"remove it from the image")
-            commands.append(f"rm {_quote(path)}")
+            commands.append(f"rm {debugfs.quote(path)}")
 
     for i, f in enumerate(assets.files):
         host = scratch / f"asset-{i}"
         host.write_bytes(f.data)
         replace(f.path)
-        commands.append(f"write {_quote(str(host))} {_quote(f.path)}")
+        commands.append(f"write {debugfs.quote(str(host))} {debugfs.quote(f.path)}")
         owned(f.path, 0o100000 | f.mode)
     for link in assets.links:
         replace(link.path)
-        commands.append(f"symlink {_quote(link.path)} {_quote(link.target)}")
+        commands.append(f"symlink {debugfs.quote(link.path)} {debugfs.quote(link.target)}")
         owned(link.path, None)
 
     # e2fsprogs stamps new inodes and the superblock with E2FSPROGS_FAKE_TIME when it is set
@@ -155,36 +155,7 @@ def _ancestors(path: str) -> Iterator[str]:
         parent = posixpath.dirname(parent)
 
 
-def _quote(arg: str) -> str:
-    """debugfs splits its command line on blanks and honours double quotes."""
-    if '"' in arg or "\n" in arg:
-        raise BuildError(f"path {arg!r} contains a double quote or newline, which debugfs cannot take")
-    return f'"{arg}"' if any(c.isspace() for c in arg) else arg
-
-
-def verify_image(image: Path) -> None:
-    """`e2fsck -fn` must find nothing to fix (tens of ms on a W1-sized image)."""
-    try:
-        proc = subprocess.run(["e2fsck", "-fn", str(image)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    except FileNotFoundError:
-        raise BuildError("e2fsck is not installed; install e2fsprogs") from None
-    if proc.returncode != 0:
-        problems = [line for line in proc.stdout.splitlines()
-                    if line.strip() and not line.startswith(("Pass ", "e2fsck "))]
-        raise BuildError(f"the injected image fails e2fsck -fn: {(problems or ['exit code %d' % proc.returncode])[0]}; "
-                         f"nothing was cached")
-
-
 @lru_cache(maxsize=1)
-def debugfs_version() -> str:
-    try:
-        proc = subprocess.run(["debugfs", "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    except FileNotFoundError:
-        raise BuildError("debugfs is not installed; install e2fsprogs") from None
-    return (proc.stdout.strip().splitlines() or ["unknown"])[0]
-
-
 # ---- the doit step --------------------------------------------------------------------------
 def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
     from . import sshkey
@@ -222,12 +193,12 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
             report = inject_agents(image, assets, scratch)
         except debugfs.DebugfsError as exc:
             raise BuildError(f"injecting guest agents failed: {exc}") from None
-        verify_image(image)
+        e2fs.fsck(image)
         run.info.update({"init": layout.init, "unit_lib_dir": layout.lib_dir, "has_sshd": layout.has_sshd,
                          "files": report.files, "links": report.links, "dirs_created": report.dirs_created,
                          "pinned_time": report.pinned_time})
         return {"image": run.store.ingest_file(image)}
 
     yield step_task(build, name="inject", version=STEP_VERSION, work=work, inputs=inputs,
-                    params=network.params(), tools=lambda: {"debugfs": debugfs_version()},
+                    params=network.params(), tools=lambda: {"debugfs": e2fs.version("debugfs")},
                     deps=("ownership",))

@@ -38,12 +38,17 @@ def ensure_key(state_dir: Path) -> ManagedKey:
     path = key_path(state_dir)
     if not path.exists():
         _create(path)
-    if path.stat().st_mode & 0o077:
+    st = path.stat()
+    if st.st_mode & 0o077:
         os.chmod(path, 0o600)  # ssh refuses keys others can read
-    line = public_line_of(path)
     pub = path.with_name(path.name + ".pub")
-    if not pub.exists() or pub.read_text().strip() != line:
-        _write_atomic(pub, (line + "\n").encode(), 0o644)
+    try:  # the .pub written beside the key is current unless the key was replaced after it
+        if pub.stat().st_mtime_ns >= st.st_mtime_ns:
+            return ManagedKey(path, pub.read_text().strip())
+    except FileNotFoundError:
+        pass
+    line = public_line_of(path)  # loads cryptography: only when the .pub is missing or stale
+    _write_atomic(pub, (line + "\n").encode(), 0o644)
     return ManagedKey(path, line)
 
 

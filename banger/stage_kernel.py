@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import config, debugfs, engine, fsutil, kernel_bundle
+from . import config, debugfs, e2fs, engine, fsutil, kernel_bundle
 from .kernel_bundle import Bundle, KernelError
 from .spec import BuildSpec
 
@@ -80,7 +80,7 @@ class ModulesDir:
 
 
 def _stat(image: Path, paths: list[str]) -> list[debugfs.Block]:
-    return debugfs.run(image, [f"stat {_quote(p)}" for p in paths])
+    return debugfs.run(image, [f"stat {debugfs.quote(p)}" for p in paths])
 
 
 def _exists(image: Path, path: str) -> bool:
@@ -144,19 +144,13 @@ def _make_room(image: Path, modules_root: Path) -> int:
     return extra
 
 
-def _quote(path: str) -> str:
-    if '"' in path or "\n" in path:
-        raise engine.BuildError(f"cannot pass {path!r} to debugfs")
-    return f'"{path}"' if any(c.isspace() for c in path) else path
-
-
 def inject_modules(image: Path, modules_root: Path, modules_dir: ModulesDir, version_dir: str) -> int:
     """Write modules_root (…/modules/<ver>) to version_dir in the image: one debugfs batch."""
     commands: list[str] = []
 
     def mkdir(path: str) -> None:
-        commands.extend([f"mkdir {_quote(path)}", f"sif {_quote(path)} mode 040755",
-                         f"sif {_quote(path)} uid 0", f"sif {_quote(path)} gid 0"])
+        commands.extend([f"mkdir {debugfs.quote(path)}", f"sif {debugfs.quote(path)} mode 040755",
+                         f"sif {debugfs.quote(path)} uid 0", f"sif {debugfs.quote(path)} gid 0"])
 
     if modules_dir.make_lib:
         mkdir("/lib")
@@ -171,10 +165,10 @@ def inject_modules(image: Path, modules_root: Path, modules_dir: ModulesDir, ver
         files = sorted(f for f in fnames
                        if os.path.isfile(os.path.join(dirpath, f)) and not os.path.islink(os.path.join(dirpath, f)))
         if files:
-            commands.append(f"cd {_quote(target)}")
+            commands.append(f"cd {debugfs.quote(target)}")
         for fname in files:
-            name = _quote(fname)
-            commands.extend([f"write {_quote(os.path.join(dirpath, fname))} {name}",
+            name = debugfs.quote(fname)
+            commands.extend([f"write {debugfs.quote(os.path.join(dirpath, fname))} {name}",
                              f"sif {name} mode 0100644", f"sif {name} uid 0", f"sif {name} gid 0"])
             count += 1
     try:
@@ -194,12 +188,6 @@ def choose_bundle(build: engine.Build, spec: BuildSpec) -> Bundle:
 
 
 @functools.lru_cache(maxsize=1)
-def _tools() -> dict:
-    proc = subprocess.run(["debugfs", "-V"], capture_output=True, text=True)
-    first = (proc.stdout + proc.stderr).strip().splitlines()[:1]
-    return {"e2fsprogs": first[0] if first else "unknown"}
-
-
 def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
     bundle = choose_bundle(build, spec)
     build.context["kernel"] = bundle
@@ -207,6 +195,7 @@ def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
     def work(run: engine.StepRun) -> dict[str, str]:
         """Stage the kernel bundle beside the rootfs (injecting its modules if needed)."""
         staged = stage(run.path(run.inputs["image"]), bundle, run.stage, build.log)
+        e2fs.fsck(staged.rootfs)
         run.info.update({"bundle": bundle.name, "kernel_version": bundle.version,
                          "injected_module_files": staged.injected_files, "grown_by": staged.grown_by})
         outputs = {"rootfs": run.store.ingest_file(staged.rootfs),
@@ -220,7 +209,7 @@ def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
     yield engine.step_task(
         build, name="stage-kernel", version=VERSION, work=work,
         inputs=lambda: {"image": build.output("inject", "image"), "kernel": bundle.digest},
-        tools=_tools, deps=("inject",),
+        tools=lambda: {"e2fsprogs": e2fs.version("debugfs")}, deps=("inject",),
         doc="stage the kernel bundle beside the rootfs")
 
 

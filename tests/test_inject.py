@@ -350,9 +350,11 @@ def test_step_failure_is_one_line_and_caches_nothing(tmp_path):
     assert not list((tmp_path / "cache" / "staging").iterdir())
 
 
-def test_verify_image_rejects_a_damaged_image(tmp_path):
+def test_fsck_rejects_a_damaged_image(tmp_path):
+    from banger import e2fs
+
     image = debian_like(tmp_path)
-    inject.verify_image(image)
+    e2fs.fsck(image)
     debugfs.run(image, ["sif /etc/os-release links_count 3"], write=True)
-    with pytest.raises(BuildError, match=r"fails e2fsck -fn: .*nothing was cached"):
-        inject.verify_image(image)
+    with pytest.raises(e2fs.E2fsError, match=r"e2fsck found a problem .*nothing was cached"):
+        e2fs.fsck(image)
