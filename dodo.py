@@ -1,12 +1,14 @@
 """doit entry point: in a checkout, `doit build image=REF [name=N] ...` does what
-`banger build image=REF ...` does, with the checkout's cache/ directory as the artifact cache."""
+`banger build image=REF ...` does, with the checkout's cache/ directory as the artifact cache
+($BANGER_CACHE_DIR still wins, as it does for the CLI)."""
+import os
 from pathlib import Path
 
 from doit import get_var
 
 from banger import pipeline
 from banger.build import new_build, record_image, summary_lines
-from banger.config import default_dirs
+from banger.config import CACHE_ENV, default_dirs
 from banger.doit_runner import doit_config
 from banger.engine import BuildError
 from banger.spec import KEYS, SpecError, parse_words
@@ -20,7 +22,7 @@ def task_build():
     """Build (and boot-check) image=REF."""
     try:
         spec = parse_words([f"{k}={get_var(k)}" for k in KEYS if get_var(k)])
-        build = new_build(spec, default_dirs(CACHE))
+        build = new_build(spec, default_dirs(os.environ.get(CACHE_ENV) or CACHE))
         task_dicts = list(pipeline.tasks(build, spec))
     except (SpecError, BuildError) as exc:
         message = str(exc)

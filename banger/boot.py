@@ -22,6 +22,10 @@ from .vm import VM, VMConfig, VMError, create, new_run_dir
 VERSION = "1"
 READY_PATTERN = r"^\s*BANGER_READY\b"
 SSH_USER = "root"
+# Every console byte is an emulated UART write: keep the kernel to warnings and systemd to failures
+# (both still reach the console, so a failed boot's console tail keeps its cause). The user's
+# boot.cmdline comes after these and wins (e.g. "loglevel=7 systemd.show_status=1").
+QUIET_CONSOLE = "loglevel=4 systemd.show_status=error"
 DEFAULT_UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boot.service",
                  "banger-agent.service")
 
@@ -70,7 +74,7 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
     run_dir = new_run_dir(dirs.state)
     vm = create(choice, VMConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, vmlinux=vmlinux, run_dir=run_dir,
                                  memory_mib=config.memory_mib, vcpus=config.vcpus,
-                                 cmdline=" ".join(["panic=-1", config.cmdline]).strip()))
+                                 cmdline=" ".join(["panic=-1", QUIET_CONSOLE, config.cmdline]).strip()))
     timings: dict[str, float] = {}
     start = time.monotonic()
     with vm:

@@ -17,7 +17,9 @@ from pathlib import Path
 PROMPT = "debugfs: "
 # Lines debugfs prints on success for commands that change the image.
 BENIGN = re.compile(r"^(Allocated inode: \d+|debugfs \d[\d.]* \(.*\)|\s*Using EXT2FS Library.*)$")
-WRITE_COMMANDS = {"sif", "set_inode_field", "write", "mkdir", "symlink", "mknod", "ea_set",
+# Commands that print nothing when they succeed (cd included: a failed cd would send what
+# follows elsewhere).
+SILENT_COMMANDS = {"cd", "sif", "set_inode_field", "write", "mkdir", "symlink", "mknod", "ea_set",
                   "ea_rm", "link", "ln", "unlink", "rm", "rmdir", "kill_file", "set_super_value",
                   "ssv", "copy_inode", "punch", "truncate", "fallocate", "dirty", "ea_get"}
 
@@ -52,6 +54,8 @@ def run(image: Path, commands: list[str], write: bool = False,
         detail = (opened_badly or proc.stdout.strip().splitlines() or ["no output"])[0]
         raise DebugfsError(f"debugfs could not open {image}: {detail.strip()}")
     blocks = parse(proc.stdout)
+    if len(blocks) != len(commands):
+        raise DebugfsError(f"debugfs ran {len(blocks)} of {len(commands)} commands on {image}")
     check(blocks)
     return blocks
 
@@ -76,7 +80,7 @@ def parse(text: str) -> list[Block]:
 def check(blocks: list[Block]) -> None:
     for block in blocks:
         verb = block.command.split(" ", 1)[0]
-        if verb in WRITE_COMMANDS:
+        if verb in SILENT_COMMANDS:
             bad = [line for line in block.output if line.strip() and not BENIGN.match(line)]
             if bad:
                 raise DebugfsError(f"debugfs `{block.command}` failed: {bad[0].strip()}")

@@ -9,6 +9,11 @@ Everything the guest runs is a POSIX sh script (images may have no Python):
 plus systemd units (enabled by `multi-user.target.wants` links and a preset file), or, for an
 image without systemd, one /etc/inittab line that runs sysv-boot.sh (busybox init, sysvinit).
 
+For a fast boot under emulation (where every exec costs a third of a second), a systemd image also
+gets a drop-in that starts sshd without waiting for basic.target (SSHD_EARLY_DROP_INS), one that
+runs udev's coldplug after sshd started (UDEV_TRIGGER_DROP_IN), and the generators that cannot
+apply to a banger VM are masked (MASKED_GENERATORS).
+
 The assets digest covers the template bytes and every render parameter except the SSH key
 (its own step input) and the image layout (a function of the input image), so editing a
 template reruns only the inject step and the ones after it.
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from . import digest as dg
 
-ASSETS_FORMAT = "1"  # bump when the mapping below (paths, modes, which files) changes
+ASSETS_FORMAT = "2"  # bump when the mapping below (paths, modes, which files) changes
 READY_PREFIX = "BANGER_READY"  # the agent's console line: "BANGER_READY <boot-id>"
 VSOCK_READY_PORT = 10789  # the agent also sends the line to host CID 2 on this port
 SCRIPTS_DIR = "/usr/lib/banger"
@@ -42,6 +47,19 @@ UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boo
          "banger-agent.service")
 SCRIPTS = ("network.sh", "sshd-keys.sh", "first-boot.sh", "agent.sh", "sysv-boot.sh")
 PRESET = "80-banger.preset"
+SSHD_UNITS = ("ssh.service", "sshd.service")  # Debian/Ubuntu's name, everyone else's
+# distinct file names: on Debian sshd.service is an alias of ssh.service, both dirs apply to it, and
+# a same-named drop-in in one would hide the other's
+SSHD_EARLY_DROP_INS = tuple(f"/etc/systemd/system/{unit}.d/banger-{unit.removesuffix('.service')}-early.conf"
+                            for unit in SSHD_UNITS)
+UDEV_TRIGGER_DROP_IN = "/etc/systemd/system/systemd-udev-trigger.service.d/banger-after-sshd.conf"
+# Masked with /dev/null links (systemd.generator(7)); each costs ~0.3-0.5 s of an emulated vCPU at
+# every boot and has nothing to do in a VM whose one disk is a whole-disk ext4 root named by root=:
+# no GPT to auto-mount, no swap to resume from, no crypttab/integritytab/veritytab devices.
+GENERATOR_MASK_DIR = "/etc/systemd/system-generators"
+MASKED_GENERATORS = ("systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+                     "systemd-cryptsetup-generator", "systemd-integritysetup-generator",
+                     "systemd-veritysetup-generator")
 
 
 class AssetError(ValueError):
@@ -138,6 +156,7 @@ def render_params(network: NetworkSettings) -> dict:
         "network_env": NETWORK_ENV,
         "first_boot_marker": FIRST_BOOT_MARKER,
         "units": list(UNITS),
+        "sshd_drop_in_name": SSHD_EARLY_DROP_INS[0],
     }
 
 
@@ -149,17 +168,21 @@ def assets_digest(network: NetworkSettings, root: Path | None = None) -> str:
                                      "params": render_params(network)}), "blake3")
 
 
-def render_template(name: str, network: NetworkSettings, root: Path | None = None) -> bytes:
+def render_template(name: str, network: NetworkSettings, root: Path | None = None, *,
+                    sshd_in_image: bool = False, unit: str | None = None) -> bytes:
+    """`sshd_in_image` comes from the image layout (so it is not part of the assets digest);
+    `unit` names the unit a drop-in template is rendered for."""
     root = root or template_dir()
-    params = render_params(network) | {"template_path": f"templates/{name}"}
+    params = render_params(network) | {"template_path": f"templates/{name}", "sshd_in_image": sshd_in_image,
+                                       "unit": unit}
     return _environment(str(root)).get_template(name).render(**params).encode()
 
 
 def render(network: NetworkSettings, ssh_pubkey: str, layout: ImageLayout,
            root: Path | None = None) -> GuestAssets:
     """The guest files for one image: scripts, config, key, and units or an inittab hook."""
-    def text(name: str) -> bytes:
-        return render_template(name, network, root)
+    def text(name: str, unit: str | None = None) -> bytes:
+        return render_template(name, network, root, sshd_in_image=layout.has_sshd, unit=unit)
 
     assets = GuestAssets()
     add = assets.files.append
@@ -180,6 +203,11 @@ def render(network: NetworkSettings, ssh_pubkey: str, layout: ImageLayout,
             add(GuestFile(f"{unit_dir}/{unit}", 0o644, text(f"{unit}.j2")))
             assets.links.append(GuestLink(f"{WANTS_DIR}/{unit}", f"{unit_dir}/{unit}"))
         add(GuestFile(f"{layout.lib_dir}/systemd/system-preset/{PRESET}", 0o644, text(f"{PRESET}.j2")))
+        for unit, drop_in in zip(SSHD_UNITS, SSHD_EARLY_DROP_INS):
+            add(GuestFile(drop_in, 0o644, text("sshd-early.conf.j2", unit)))
+        add(GuestFile(UDEV_TRIGGER_DROP_IN, 0o644, text("udev-trigger-after-sshd.conf.j2")))
+        for generator in MASKED_GENERATORS:
+            assets.links.append(GuestLink(f"{GENERATOR_MASK_DIR}/{generator}", "/dev/null"))
     elif layout.init in INITTAB_LINES:
         add(GuestFile(INITTAB, 0o644, with_inittab_hook(layout.inittab or b"", layout.init)))
     else:

@@ -25,7 +25,7 @@ from . import config, debugfs, e2fs, engine, fsutil, kernel_bundle
 from .kernel_bundle import Bundle, KernelError
 from .spec import BuildSpec
 
-VERSION = "1"
+VERSION = "2"
 NOT_FOUND = "File not found by ext2_lookup"
 
 
@@ -137,7 +137,8 @@ def _make_room(image: Path, modules_root: Path) -> int:
     extra = -(-extra // (1 << 20)) * (1 << 20)
     new_size = image.stat().st_size + extra
     os.truncate(image, new_size)
-    proc = subprocess.run(["resize2fs", str(image), f"{new_size // 1024}K"], capture_output=True, text=True)
+    proc = subprocess.run(["resize2fs", str(image), f"{new_size // 1024}K"], capture_output=True, text=True,
+                          env=e2fs.env())
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise engine.BuildError(f"cannot grow the rootfs to fit the kernel modules: {detail}")
@@ -172,8 +173,8 @@ def inject_modules(image: Path, modules_root: Path, modules_dir: ModulesDir, ver
                              f"sif {name} mode 0100644", f"sif {name} uid 0", f"sif {name} gid 0"])
             count += 1
     try:
-        debugfs.run(image, commands, write=True)
-    except debugfs.DebugfsError as exc:
+        e2fs.run(image, commands, write=True)
+    except e2fs.E2fsError as exc:
         raise engine.BuildError(f"injecting kernel modules failed: {exc}") from None
     return count
 

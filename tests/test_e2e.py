@@ -89,3 +89,30 @@ def test_check_rebuilds_every_step_and_finds_the_same_bytes(cold, e2e_env, debia
     result = json.loads(banger(e2e_env, "build", f"image={debian_image_ref}", "--check", "--json").stdout)
     assert result["identical"], result["differences"]
     assert {"flatten", "ext4", "ownership", "inject", "stage-kernel"} <= set(result["checked"])
+
+
+def test_doit_build_in_a_checkout_does_what_banger_build_does(cold, e2e_env, debian_image_ref):
+    """`doit build image=REF` (dodo.py) on the warm cache: every step cached, same artifacts."""
+    proc = subprocess.run([sys.executable, "-m", "doit", "build", f"image={debian_image_ref}"],
+                          capture_output=True, text=True, env={**os.environ, **e2e_env}, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    assert cold["artifacts"]["rootfs"] in proc.stdout
+    assert "ran" not in proc.stdout.split("image debian-bookworm", 1)[1]
+    listing = subprocess.run([sys.executable, "-m", "doit", "list", f"image={debian_image_ref}"],
+                             capture_output=True, text=True, env={**os.environ, **e2e_env}, cwd=REPO)
+    assert {"fetch", "flatten", "ext4", "ownership", "inject", "stage-kernel", "boot", "build"} <= set(
+        line.split()[0] for line in listing.stdout.splitlines() if line.strip())
+
+
+def test_export_then_import_on_another_cache_makes_the_build_a_no_op(cold, e2e_env, debian_image_ref, tmp_path):
+    """CI warms a cache and exports the image; another machine imports it and rebuilds nothing."""
+    archive = tmp_path / "debian.tar.zst"
+    banger(e2e_env, "build", f"image={debian_image_ref}")  # the name points at the last build: this one
+    banger(e2e_env, "cache", "export", str(archive), "--image", "debian-bookworm")
+    other = {**e2e_env, "BANGER_CACHE_DIR": str(tmp_path / "other-cache")}
+    imported = json.loads(banger(other, "cache", "import", str(archive), "--json").stdout)
+    assert imported["images"] == ["debian-bookworm"]
+    rebuilt = json.loads(banger(other, "build", f"image={debian_image_ref}", "--json").stdout)
+    assert set(s["status"] for s in rebuilt["steps"]) == {"cached"}, rebuilt["steps"]
+    verify = json.loads(banger(other, "cache", "verify", "--json").stdout)
+    assert verify["corrupt"] == [] and verify["ok"] >= len(cold["artifacts"])

@@ -391,6 +391,43 @@ def test_agent_unit_follows_sshd_without_blocking_boot():
     assert d["Install.WantedBy"] == ["multi-user.target"]
 
 
+def test_agent_waits_for_first_boot_only_when_the_image_lacks_sshd():
+    for sshd_in_image in (False, True):
+        d = directives(ga.render_template("banger-agent.service.j2", NET, sshd_in_image=sshd_in_image).decode())
+        after = set(words(d, "Unit.After"))
+        assert {"ssh.service", "sshd.service", "banger-network.service"} <= after
+        assert ("banger-first-boot.service" in after) is not sshd_in_image
+        # it does not wait for basic.target, but is still stopped at shutdown
+        assert d["Unit.DefaultDependencies"] == ["no"]
+        assert d["Unit.Conflicts"] == ["shutdown.target"] and d["Unit.Before"] == ["shutdown.target"]
+
+
+def test_sshd_drop_in_starts_sshd_early_after_banger_units():
+    d = directives(ga.render_template("sshd-early.conf.j2", NET, unit="ssh.service").decode())
+    assert d["Unit.DefaultDependencies"] == ["no"]
+    after = set(words(d, "Unit.After"))
+    assert {"banger-network.service", "banger-sshd-keys.service", "systemd-remount-fs.service",
+            "systemd-journald.socket"} <= after
+    assert not [u for u in after if u in ("basic.target", "sysinit.target", "local-fs.target")]
+    assert d["Unit.Conflicts"] == ["shutdown.target"] and d["Unit.Before"] == ["shutdown.target"]
+    assert d["Service.ExecStartPre"] == [""]  # resets the image's `sshd -t`
+    # the listener is favoured; the sessions it forks are not
+    assert int(d["Service.Nice"][0]) < 0 and d["Service.CPUSchedulingResetOnFork"] == ["yes"]
+    # only Debian's ssh.service loses its pre-start step (`sshd -t`); e.g. openSUSE's sshd.service
+    # makes its host keys there
+    other = directives(ga.render_template("sshd-early.conf.j2", NET, unit="sshd.service").decode())
+    assert "Service.ExecStartPre" not in other
+    assert {k: v for k, v in d.items() if k != "Service.ExecStartPre"} == other
+    assert ga.SSHD_EARLY_DROP_INS == ("/etc/systemd/system/ssh.service.d/banger-ssh-early.conf",
+                                      "/etc/systemd/system/sshd.service.d/banger-sshd-early.conf")
+
+
+def test_udev_coldplug_is_ordered_after_sshd_only():
+    d = directives(render("udev-trigger-after-sshd.conf.j2"))
+    assert d == {"Unit.After": ["ssh.service sshd.service"]}
+    assert ga.UDEV_TRIGGER_DROP_IN.startswith("/etc/systemd/system/systemd-udev-trigger.service.d/")
+
+
 def test_sshd_keys_unit_runs_before_sshd_only_when_key_missing():
     d = directives(render("banger-sshd-keys.service.j2"))
     assert d["Unit.ConditionPathExists"] == ["!/etc/ssh/ssh_host_ed25519_key"]
@@ -427,7 +464,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path, scripts):
         dest.chmod(0o755)
     for unit in ga.UNITS:
         shutil.copy(scripts / unit, unit_dir / unit)
+    # a stand-in for the image's sshd unit, with banger's drop-in
+    stand_in = f"{ga.SCRIPTS_DIR}/agent.sh"  # any executable inside the root
+    (unit_dir / "ssh.service").write_text(f"[Unit]\nAfter=network.target\n[Service]\nType=notify\n"
+                                          f"ExecStartPre={stand_in}\nExecStart={stand_in}\n")
+    drop_in = root / ga.SSHD_EARLY_DROP_INS[0].lstrip("/")
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_bytes(ga.render_template("sshd-early.conf.j2", NET, unit="ssh.service"))
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
-                           *(str(unit_dir / u) for u in ga.UNITS)],
+                           *(str(unit_dir / u) for u in (*ga.UNITS, "ssh.service"))],
                           capture_output=True, text=True, env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc.stdout + proc.stderr

@@ -131,7 +131,14 @@ def test_inject_systemd_image(tmp_path):
     assert all(f"enable {u}" in preset.splitlines() for u in ga.UNITS)
     assert cat(image, "/usr/lib/banger/network.sh", tmp_path) == ga.render_template("network.sh.j2", NET)
     assert not exists(image, "/etc/inittab") and not exists(image, "/usr/lib/banger/sysv-boot.sh")
-    assert report.links == len(ga.UNITS)
+    for unit, drop_in in zip(ga.SSHD_UNITS, ga.SSHD_EARLY_DROP_INS):
+        st = stat(image, drop_in)
+        assert (st["type"], st["mode"], st["uid"], st["gid"]) == ("regular", 0o644, 0, 0), drop_in
+        assert cat(image, drop_in, tmp_path) == ga.render_template("sshd-early.conf.j2", NET, unit=unit)
+    for generator in ga.MASKED_GENERATORS:
+        st = stat(image, f"{ga.GENERATOR_MASK_DIR}/{generator}")
+        assert (st["type"], st["link"], st["uid"]) == ("symlink", "/dev/null", 0), generator
+    assert report.links == len(ga.UNITS) + len(ga.MASKED_GENERATORS)
 
 
 def test_inject_pins_timestamps_to_the_input_root(tmp_path):
