@@ -55,6 +55,7 @@ class StepDef:
     params: Callable[[], dict]
     tools: Callable[[], dict]
     work: Callable[[StepRun], dict[str, str]]
+    spinner: bool = True  # False for steps that draw their own progress bars
 
     def key_parts(self) -> dict:
         return {"inputs": self.inputs(), "params": self.params(), "tools": self.tools()}
@@ -109,9 +110,15 @@ class Build:
                 self._accept(step, record, "cached", time.monotonic() - start)
                 return
             parts = step.key_parts()
-            with self.store.staging(f"{step.name}-") as stage:
+            with self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
                 run = StepRun(self, stage, parts["inputs"], parts["params"])
-                outputs = step.work(run)
+                if step.spinner:
+                    from .progress import activity
+
+                    with activity(step.name):
+                        outputs = step.work(run)
+                else:
+                    outputs = step.work(run)
             record = ActionRecord(key=key, step=step.name, step_version=step.version,
                                   inputs=parts["inputs"], params=parts["params"],
                                   tools=parts["tools"], outputs=outputs, info=run.info,
@@ -149,13 +156,13 @@ class Build:
 def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun], dict[str, str]],
               inputs: Callable[[], dict], params: Callable[[], dict] | dict | None = None,
               tools: Callable[[], dict] | dict | None = None, deps: tuple[str, ...] = (),
-              doc: str = "", subtask: str | None = None) -> dict:
+              doc: str = "", subtask: str | None = None, spinner: bool = True) -> dict:
     """The doit task dict for one content-addressed step (`subtask`: one of several, e.g. a layer).
 
     Records are looked up as `build.records["name"]` or `build.records["name:subtask"]`.
     """
     full = f"{name}:{subtask}" if subtask else name
-    step = StepDef(full, version, inputs, _thunk(params), _thunk(tools), work)
+    step = StepDef(full, version, inputs, _thunk(params), _thunk(tools), work, spinner)
     build.steps[full] = step
 
     def uptodate() -> bool:

@@ -136,7 +136,7 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
         yield engine.step_task(build, name="fetch", subtask=digest.split(":", 1)[1][:12], version=VERSION,
                                inputs=lambda d=digest: {"blob": d},
                                work=functools.partial(fetch_blob, source, desc),
-                               doc=f"fetch blob {digest[:19]}")
+                               doc=f"fetch blob {digest[:19]}", spinner=False)
 
 
 def fetch_blob(source: Source, desc: dict, run: StepRun) -> dict[str, str]:

@@ -48,3 +48,20 @@ def bar(label: str, total: int = 0, stream=None) -> Iterator[Report]:
 
     last[0] = start
     yield report
+
+
+@contextlib.contextmanager
+def activity(label: str, stream=None) -> Iterator[None]:
+    """A spinner with the elapsed time while a step without byte counts runs (terminal only;
+    off a terminal the engine has already printed a "running STEP" line)."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(file=stream), transient=True) as progress:
+        progress.add_task(label, total=None)
+        yield
