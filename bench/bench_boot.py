@@ -10,6 +10,7 @@ shutdown, as `boot.boot_and_probe` reports them. State (run dirs, key) goes to a
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -62,7 +63,8 @@ def main() -> None:
             else:
                 t = kernel_only(args.kernel, choice, dirs.state)
             runs.append(t)
-            print(f"run {i + 1}: " + "  ".join(f"{k}={v:.2f}s" for k, v in t.items()))
+            load = os.getloadavg()[0]  # TCG timings scale with whatever else the host runs
+            print(f"run {i + 1}: " + "  ".join(f"{k}={v:.2f}s" for k, v in t.items()) + f"  (load {load:.2f})")
     for key in runs[0]:
         values = [r[key] for r in runs]
         print(f"{key:>14}: median {statistics.median(values):.2f}s  min {min(values):.2f}s  max {max(values):.2f}s")

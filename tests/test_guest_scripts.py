@@ -413,6 +413,7 @@ def test_sshd_drop_in_starts_sshd_early_after_banger_units():
     assert d["Service.ExecStartPre"] == [""]  # resets the image's `sshd -t`
     # the listener is favoured; the sessions it forks are not
     assert int(d["Service.Nice"][0]) < 0 and d["Service.CPUSchedulingResetOnFork"] == ["yes"]
+    assert d["Service.CPUSchedulingPolicy"] == ["other"]  # without a policy systemd ignores ResetOnFork
     # only Debian's ssh.service loses its pre-start step (`sshd -t`); e.g. openSUSE's sshd.service
     # makes its host keys there
     other = directives(ga.render_template("sshd-early.conf.j2", NET, unit="sshd.service").decode())
