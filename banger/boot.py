@@ -15,17 +15,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import config, engine, hypervisor
-from .spec import BuildSpec
-from .vm import VM, VMConfig, VMError, create, new_run_dir
+from typing import TYPE_CHECKING
 
-VERSION = "1"
+from . import config, engine
+from .spec import BuildSpec
+
+if TYPE_CHECKING:  # the VM machinery is imported when a boot runs, not when a cached build checks
+    from .vm import VM
+
+VERSION = "2"
 READY_PATTERN = r"^\s*BANGER_READY\b"
 SSH_USER = "root"
 # Every console byte is an emulated UART write: keep the kernel to warnings and systemd to failures
 # (both still reach the console, so a failed boot's console tail keeps its cause). The user's
 # boot.cmdline comes after these and wins (e.g. "loglevel=7 systemd.show_status=1").
 QUIET_CONSOLE = "loglevel=4 systemd.show_status=error"
+POWEROFF_RETRY_AFTER = 20.0  # seconds before a second, forced, poweroff request
 DEFAULT_UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boot.service",
                  "banger-agent.service")
 
@@ -66,6 +71,9 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
                    *, vmlinux: Path | None = None, log: Callable[[str], None] = lambda msg: None) -> dict:
     """Boot, wait for readiness, probe, shut down; the probe result. Raises VMError (with the
     console tail) or hypervisor.HypervisorError. Never leaves the VM running."""
+    from . import hypervisor
+    from .vm import VMConfig, VMError, create, new_run_dir
+
     choice = hypervisor.choose(config.hypervisor)
     log(f"boot: {choice.backend}/{choice.accel}/{choice.machine}: {choice.reason}")
     from .sshkey import ensure_key  # another module's concern; imported only when booting
@@ -90,12 +98,18 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
             raise vm.failure(str(exc)) from None
         timings["probe"] = round(time.monotonic() - start - timings["ssh_ready"], 2)
 
-        def poweroff() -> None:
-            client.exec_command("systemctl poweroff || poweroff", timeout=5)
+        def poweroff(command: str) -> Callable[[], None]:
+            return lambda: client.exec_command(command, timeout=5)
 
         stopping = time.monotonic()
         try:
-            clean = vm.shutdown(poweroff, timeout=config.shutdown_timeout)
+            # A poweroff queued while boot jobs are still running has (rarely) been lost; then
+            # ask again with --force (units are not stopped; the disk is a throwaway overlay).
+            clean = vm.shutdown(poweroff("systemctl poweroff || poweroff"),
+                                timeout=min(POWEROFF_RETRY_AFTER, config.shutdown_timeout))
+            if not clean:
+                clean = vm.shutdown(poweroff("systemctl poweroff --force || poweroff -f"),
+                                    timeout=config.shutdown_timeout)
         finally:
             client.close()
         timings["shutdown"] = round(time.monotonic() - stopping, 2)
@@ -155,6 +169,8 @@ def run_probe(client, unit_names: tuple[str, ...], timeout: float = 60.0) -> dic
         text = stdout.read().decode("utf-8", "replace")
         stdout.channel.recv_exit_status()
     except Exception as exc:  # paramiko raises a variety; the user gets one line
+        from .vm import VMError
+
         raise VMError(f"the SSH probe failed: {type(exc).__name__}: {exc}") from None
     sections: dict[str, str] = {}
     current = None
@@ -223,11 +239,14 @@ def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
 
     def work(run: engine.StepRun) -> dict[str, str]:
         """Boot the image, wait for readiness, probe it over SSH, shut it down."""
+        from .hypervisor import HypervisorError
+        from .vm import VMError
+
         paths = {name: run.path(digest) for name, digest in run.inputs.items()}
         try:
             result = boot_and_probe(paths["rootfs"], paths["kernel"], paths.get("initrd"), boot_config, dirs,
                                     vmlinux=paths.get("vmlinux"), log=build.log)
-        except (VMError, hypervisor.HypervisorError) as exc:
+        except (VMError, HypervisorError) as exc:
             raise engine.BuildError(str(exc)) from None
         run.info.update({"backend": f"{result['backend']}/{result['accel']}/{result['machine']}",
                          "seconds": result["seconds"]})

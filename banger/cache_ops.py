@@ -12,7 +12,7 @@ from typing import Iterator
 
 from . import digest as dg
 from . import images
-from .store import TREE, ActionRecord, Store, action_key, atomic_write, remove_tree
+from .store import TREE, ActionRecord, Store, action_key, remove_tree
 
 
 class CacheError(RuntimeError):

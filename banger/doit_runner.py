@@ -1,8 +1,6 @@
 """Hand a build's task generator to doit and collect what happened."""
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 

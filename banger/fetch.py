@@ -199,7 +199,7 @@ def _load_manifest(store: Store, source: Source, desc: dict, body: bytes | None,
 def _load_config(store: Store, source: Source, desc: dict, where: str) -> dict:
     if desc["size"] > MAX_CONFIG_BYTES:
         raise BuildError(f"{where}: image config {desc['digest']} is {desc['size']} bytes; refusing it")
-    digest = source.fetch_blob(store, desc)
+    digest = desc["digest"] if store.verify(desc["digest"]) else source.fetch_blob(store, desc)
     try:
         config = json.loads(store.path(digest).read_bytes())
     except (ValueError, UnicodeDecodeError):

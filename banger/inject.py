@@ -13,10 +13,8 @@ runs the same scripts in order; an image with neither systemd nor /etc/inittab i
 """
 from __future__ import annotations
 
-import os
 import posixpath
 import re
-import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

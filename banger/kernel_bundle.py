@@ -42,6 +42,7 @@ DEFAULT_KERNEL = "debian-cloud-amd64"  # what `kernel pull debian:cloud-amd64` i
 DEFAULT_SOURCE = "debian:cloud-amd64"
 KERNEL_FILES = ("vmlinuz", "vmlinux")
 FILES = ("vmlinuz", "vmlinux", "initrd.img")
+VERIFIED_STAMP = ".verified"  # stat() listing of the files at the last full verification
 MANIFEST = "manifest.json"
 METADATA = "metadata.json"
 CHUNK = 1 << 20
@@ -126,8 +127,32 @@ class Bundle:
     def size(self) -> int:
         return sum(self.manifest.sizes.values())
 
-    def verify(self) -> None:
-        """Re-hash every file; raise naming the first one that changed."""
+    def verify(self, full: bool = False) -> None:
+        """Re-hash every file; raise naming the first one that changed. Skipped (unless `full`)
+        when no file's stat() changed since the last full check: as in the store, ctime cannot
+        be set back by a write, so any modification forces the rehash."""
+        stamp = self.path / VERIFIED_STAMP
+        now = self._stat_listing()
+        if not full:
+            with contextlib.suppress(FileNotFoundError):
+                if stamp.read_text() == now:
+                    return
+        self._verify_hashes()
+        with contextlib.suppress(OSError):  # a read-only bundle just gets rehashed next time
+            atomic_write(stamp, now.encode())
+
+    def _stat_listing(self) -> str:
+        paths = [self.path / f for f in self.manifest.files if f != "modules"]
+        if "modules" in self.manifest.files:
+            paths += sorted(Path(d) / f for d, _, files in os.walk(self.path / "modules") for f in files)
+        lines = []
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                st = p.lstat()
+                lines.append(f"{p.relative_to(self.path)} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}")
+        return hashlib.sha256(("\n".join(lines)).encode()).hexdigest()
+
+    def _verify_hashes(self) -> None:
         for fname, expected in self.manifest.files.items():
             actual = (modules_digest(self.path / "modules") if fname == "modules"
                       else sha256_file(self.path / fname))

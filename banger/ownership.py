@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import digest as dg
 from . import e2fs, fsmeta, fsutil
 from .e2fs import E2fsError, Node, quote
 from .engine import Build, BuildError, StepRun, step_task

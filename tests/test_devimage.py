@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import struct
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from banger import devimage, devregistry, oci_writer
 from tests.conftest import need
-from tests.support_images import DEBIAN_TAG, debian_image_ref, debian_layout  # noqa: F401 (fixtures)
+from tests.support_images import DEBIAN_TAG
 
 EPOCH = 1_600_000_000
 # struct vfs_cap_data, revision 2: effective flag set, permitted = cap_net_raw (13)

@@ -16,8 +16,7 @@ from banger.kernel_bundle import Bundle
 from banger.spec import BuildSpec
 from banger.store import ActionRecord, Store
 from tests.conftest import need
-from tests.support_kernel import (FLAVOUR, boot_qemu, busybox_static, deb_release,  # noqa: F401 (fixtures)
-                                  debian_bundle, debian_kernel_deb, make_disk)
+from tests.support_kernel import FLAVOUR, boot_qemu, deb_release, make_disk
 
 MARKER = "BANGER-TEST-MARKER-7f3a"
 
