@@ -136,44 +136,31 @@ def _pieces(payload: memoryview) -> Iterator[memoryview]:
         yield payload[pos: pos + CHUNK]
 
 
-def _gzip(payload: memoryview) -> Iterator[bytes]:
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _until_eof(d, payload: memoryview, name: str) -> Iterator[bytes]:
+    """Feed a decompressor object (with .decompress and .eof) until its stream ends."""
     for piece in _pieces(payload):
         yield d.decompress(piece)
         if d.eof:
             return
-    raise VmlinuxError("truncated gzip payload")
+    raise VmlinuxError(f"truncated {name} payload")
+
+
+def _gzip(payload: memoryview) -> Iterator[bytes]:
+    return _until_eof(zlib.decompressobj(16 + zlib.MAX_WBITS), payload, "gzip")
 
 
 def _lzma_family(fmt: int) -> Callable[[memoryview], Iterator[bytes]]:
-    def decode(payload: memoryview) -> Iterator[bytes]:
-        d = lzma.LZMADecompressor(format=fmt)
-        for piece in _pieces(payload):
-            yield d.decompress(piece)
-            if d.eof:
-                return
-        raise VmlinuxError("truncated xz/lzma payload")
-    return decode
+    return lambda payload: _until_eof(lzma.LZMADecompressor(format=fmt), payload, "xz/lzma")
 
 
 def _bzip2(payload: memoryview) -> Iterator[bytes]:
-    d = bz2.BZ2Decompressor()
-    for piece in _pieces(payload):
-        yield d.decompress(piece)
-        if d.eof:
-            return
-    raise VmlinuxError("truncated bzip2 payload")
+    return _until_eof(bz2.BZ2Decompressor(), payload, "bzip2")
 
 
 def _zstd(payload: memoryview) -> Iterator[bytes]:
     import zstandard
 
-    d = zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
-    for piece in _pieces(payload):
-        yield d.decompress(piece)
-        if d.eof:
-            return
-    raise VmlinuxError("truncated zstd payload")
+    return _until_eof(zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj(), payload, "zstd")
 
 
 def _lz4_legacy(payload: memoryview) -> Iterator[bytes]:
