@@ -183,10 +183,13 @@ class _Handler(BaseHTTPRequestHandler):
         if payload:
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-        if status == 204 and template == "/actions" and state.on_action:
-            state.on_action(body["action_type"])
+        try:
+            self.end_headers()
+            if payload:  # a client that read a 204 may already be gone: write nothing more to it
+                self.wfile.write(payload)
+        finally:  # the action happened whether or not the client stayed for the answer
+            if status == 204 and template == "/actions" and state.on_action:
+                state.on_action(body["action_type"])
 
     def _behave(self, template: str, body: Any) -> tuple[int, str | None, Any]:
         """What the real Firecracker does for the requests banger sends."""
