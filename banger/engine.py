@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .store import ActionRecord, Store, action_key
+from .store import TREE, ActionRecord, Store, action_key
 
 
 class BuildError(Exception):
@@ -110,6 +110,10 @@ class Build:
                 self._accept(step, record, "cached", time.monotonic() - start)
                 return
             parts = step.key_parts()
+            for name, digest in parts["inputs"].items():
+                if isinstance(digest, str) and digest.startswith(TREE) and not self.store.verify_for_use(digest):
+                    raise BuildError(f"step {step.name}: its input {name} ({digest[:24]}…) was corrupt and "
+                                     "has been removed; run the build again to remake it")
             with self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
                 run = StepRun(self, stage, parts["inputs"], parts["params"])
                 if step.spinner:

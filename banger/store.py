@@ -198,6 +198,11 @@ class Store:
         self._trusted.add(digest)
         return True
 
+    def verify_for_use(self, digest: str) -> bool:
+        """Before a step reads an artifact: trusted if this process made or hashed it, else
+        rehashed. For trees this matters: their stamp only sees the top directory's stat()."""
+        return digest in self._trusted or self.verify(digest, full=True)
+
     def touch(self, digest: str) -> None:
         """Record a use (the stamp's mtime); gc evicts least recently used first."""
         with contextlib.suppress(FileNotFoundError):

@@ -104,3 +104,16 @@ def test_lock_serialises_holders_of_the_same_key(tmp_path):
         t.join()
     assert events[0][0] == events[1][0] and events[2][0] == events[3][0]
     assert store.root.joinpath("locks", "k.lock").exists()
+
+
+def test_a_write_deep_inside_a_tree_is_caught_before_a_step_reads_it(tmp_path):
+    tree = tmp_path / "t"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_bytes(b"content")
+    store = Store(tmp_path / "c")
+    d = store.ingest_tree(tree)
+    assert store.verify_for_use(d)  # made by this process
+    (store.path(d) / "a" / "b" / "f").write_bytes(b"CONTENT")
+    fresh = Store(tmp_path / "c")  # the next process rehashes before use
+    assert not fresh.verify_for_use(d)
+    assert not store.path(d).exists()
