@@ -8,12 +8,14 @@ under a per-key lock and writes its record only after its outputs are in the sto
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .progress import activity
 from .store import TREE, ActionRecord, Store, action_key
 
 
@@ -60,8 +62,8 @@ class StepDef:
     def key_parts(self) -> dict:
         return {"inputs": self.inputs(), "params": self.params(), "tools": self.tools()}
 
-    def key(self) -> str:
-        p = self.key_parts()
+    def key(self, parts: dict | None = None) -> str:
+        p = parts or self.key_parts()
         return action_key(self.name, self.version, p["inputs"], p["params"], p["tools"])
 
 
@@ -103,25 +105,20 @@ class Build:
 
     def execute(self, step: StepDef) -> None:
         start = time.monotonic()
-        key = step.key()
+        parts = step.key_parts()
+        key = step.key(parts)
         with self.store.lock(key):
             record = self.lookup(step)  # a concurrent build may have made it while we waited
             if record is not None:
                 self._accept(step, record, "cached", time.monotonic() - start)
                 return
-            parts = step.key_parts()
             for name, digest in parts["inputs"].items():
                 if isinstance(digest, str) and digest.startswith(TREE) and not self.store.verify_for_use(digest):
                     raise BuildError(f"step {step.name}: its input {name} ({digest[:24]}…) was corrupt and "
                                      "has been removed; run the build again to remake it")
             with self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
                 run = StepRun(self, stage, parts["inputs"], parts["params"])
-                if step.spinner:
-                    from .progress import activity
-
-                    with activity(step.name):
-                        outputs = step.work(run)
-                else:
+                with activity(step.name) if step.spinner else contextlib.nullcontext():
                     outputs = step.work(run)
             record = ActionRecord(key=key, step=step.name, step_version=step.version,
                                   inputs=parts["inputs"], params=parts["params"],
