@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import config, kmod, vmlinux
+from . import digest as dg
 from .store import atomic_write, remove_tree
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -45,7 +46,6 @@ FILES = ("vmlinuz", "vmlinux", "initrd.img")
 VERIFIED_STAMP = ".verified"  # stat() listing of the files at the last full verification
 MANIFEST = "manifest.json"
 METADATA = "metadata.json"
-CHUNK = 1 << 20
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")  # also a path component
 
 Log = Callable[[str], None]
@@ -215,11 +215,7 @@ def remove(dirs: config.Dirs, name: str) -> None:
 
 # ---- hashing ---------------------------------------------------------------------------------
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return dg.of_file(path, "sha256")[0]
 
 
 def modules_digest(root: Path) -> str:

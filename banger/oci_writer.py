@@ -5,12 +5,13 @@ A layer is given as an uncompressed tar file; it is compressed here (gzip, zstd 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .digest import of_bytes, of_file
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -37,16 +38,8 @@ class ImageConfig:
     env: list[str] = field(default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest(), path.stat().st_size
-
-
 def _put_blob(layout: Path, path: Path) -> dict:
-    digest, size = _sha256_file(path)
+    digest, size = of_file(path, "sha256")
     dest = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, dest)
@@ -55,7 +48,7 @@ def _put_blob(layout: Path, path: Path) -> dict:
 
 def _put_json(layout: Path, value: dict, media_type: str) -> dict:
     data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = of_bytes(data)
     dest = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
@@ -84,7 +77,7 @@ def write_image(layout: Path, layers: list[Layer], config: ImageConfig | None = 
     layer_descs, diff_ids = [], []
     tmp = layout / ".tmp-layer"
     for layer in layers:
-        diff_ids.append(_sha256_file(layer.tar)[0])
+        diff_ids.append(of_file(layer.tar, "sha256")[0])
         _compress(layer.tar, tmp, layer.compression)
         layer_descs.append({"mediaType": MT_LAYER[layer.compression], **_put_blob(layout, tmp)})
         tmp.unlink()
