@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def import_file(store: Store, src: Path) -> dict:
                 dg.split(expected)
                 tmp = stage / f"blob-{parts[2]}"
                 with open(tmp, "wb") as f:
-                    _copy(tar.extractfile(member), f)
+                    shutil.copyfileobj(tar.extractfile(member), f, 1 << 20)
                 try:
                     store.ingest_file(tmp, expected=expected)
                 except Exception as exc:
@@ -209,11 +210,6 @@ def import_file(store: Store, src: Path) -> dict:
     return {"artifacts": imported, "records": len(records), "images": [d["name"] for d in image_docs]}
 
 
-def _copy(fin, fout) -> None:
-    while chunk := fin.read(1 << 20):
-        fout.write(chunk)
-
-
 def _extract_tree_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path, rel: str) -> None:
     dest = root / rel if rel else root
     for parent in list(dest.relative_to(root).parents)[:-1]:
@@ -231,5 +227,5 @@ def _extract_tree_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Pa
     elif member.isfile():
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest, "wb") as f:
-            _copy(tar.extractfile(member), f)
+            shutil.copyfileobj(tar.extractfile(member), f, 1 << 20)
         os.chmod(dest, member.mode & 0o7777 | 0o600)
