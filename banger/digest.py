@@ -5,6 +5,7 @@ sha256 runs at ~0.3 GB/s on these machines; blake3 at 4-7 GB/s, which is what ke
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -55,12 +56,45 @@ def of_stream(stream: BinaryIO, algorithm: str) -> tuple[str, int]:
 
 
 def of_file(path: Path, algorithm: str) -> tuple[str, int]:
-    if algorithm == "blake3":  # mmap: no copies through Python buffers, all cores hash
-        h = hasher("blake3")
-        h.update_mmap(str(path))
-        return f"blake3:{h.hexdigest()}", os.stat(path).st_size
+    if algorithm == "blake3":
+        return _blake3_sparse(path)
     with open(path, "rb") as f:
         return of_stream(f, algorithm)
+
+
+def _blake3_sparse(path: Path) -> tuple[str, int]:
+    """blake3 of a file that may be a sparse disk image: holes are hashed from a zero buffer
+    instead of being read (or mmap-faulted) page by page, which costs 2-5x more for a 1 GiB
+    image with 200 MB of data. Same digest as hashing every byte."""
+    h = hasher("blake3")
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        buf = bytearray(min(size, CHUNK * 8))
+        view = memoryview(buf)
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: the rest is a hole
+                data = size
+            while pos < data:
+                n = min(len(_zeros()), data - pos)
+                h.update(_zeros()[:n])
+                pos += n
+            end = os.lseek(fd, pos, os.SEEK_HOLE) if pos < size else size
+            while pos < end:
+                n = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
+                if n == 0:
+                    raise DigestError(f"{path} shrank while it was being hashed")
+                h.update(view[:n])
+                pos += n
+    return f"blake3:{h.hexdigest()}", size
+
+
+@functools.cache
+def _zeros() -> memoryview:
+    return memoryview(bytes(CHUNK * 16))
 
 
 def canonical(value: Any) -> bytes:

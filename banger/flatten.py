@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +30,7 @@ class FlattenStats:
     bytes: int  # regular file data written
     paths: int
     seconds: float
+    content: dict[int, str] = field(default_factory=dict)  # inode -> digest, see Tree.record_content
 
 
 def chain_id(diff_ids: Sequence[str]) -> str:
@@ -66,7 +67,7 @@ def flatten_layers(layers: Sequence[tuple[Path, str, str]], tree_dir: Path, meta
         fsmeta.write(Path(meta_path), entries)
     finally:
         tree.close()
-    return FlattenStats(len(layers), files, data, len(entries), round(time.monotonic() - start, 3))
+    return FlattenStats(len(layers), files, data, len(entries), round(time.monotonic() - start, 3), tree.content)
 
 
 def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
@@ -92,6 +93,6 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
         stats = flatten_layers(blobs, tree_dir, meta_path)
         run.info.update(layers=stats.layers, files=stats.files, bytes=stats.bytes, paths=stats.paths,
                         flatten_seconds=stats.seconds)
-        return {"tree": run.store.ingest_tree(tree_dir), "meta": run.store.ingest_file(meta_path)}
+        return {"tree": run.store.ingest_tree(tree_dir, stats.content), "meta": run.store.ingest_file(meta_path)}
 
     yield step_task(build, name="flatten", version=VERSION, work=work, inputs=inputs, deps=("fetch",))

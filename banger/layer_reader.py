@@ -111,14 +111,17 @@ class LayerStream:
             n -= take
         return b"".join(parts)
 
-    def copy_to(self, fd: int, n: int) -> int:
-        """Write the next n bytes to fd; returns how many there were (< n: the layer ended)."""
+    def copy_to(self, fd: int, n: int, hasher=None) -> int:
+        """Write the next n bytes to fd (and into `hasher`); returns how many there were (< n: the
+        layer ended)."""
         done = 0
         while done < n:
             if self._pos >= len(self._buf) and not self._next_chunk():
                 break
             take = min(n - done, len(self._buf) - self._pos)
             view = self._view[self._pos:self._pos + take]
+            if hasher is not None:
+                hasher.update(view)
             while view:
                 view = view[os.write(fd, view):]
             self._pos += take

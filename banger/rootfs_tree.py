@@ -59,6 +59,12 @@ class Tree:
         self.root = Node("dir", Meta(0o755), "", None, 0, 0, {})
         self._root_fd = os.open(root, DIR_OPEN)
         self._fds: OrderedDict[Node, int] = OrderedDict()
+        self.content: dict[int, str] = {}  # inode number -> digest of the data written to it
+
+    def record_content(self, fd: int, blake3_hex: str) -> None:
+        """Remember what was written to a new file, so the tree digest need not read it back
+        (files are never rewritten in place; a reused inode number gets its new digest here)."""
+        self.content[os.fstat(fd).st_ino] = f"blake3:{blake3_hex}"
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,25 +54,35 @@ def action_key(step: str, step_version: str, inputs: dict, params: dict, tools: 
                       "params": params, "tools": tools})
 
 
-def tree_digest(root: Path) -> str:
-    """blake3 over a sorted listing of (path, type, mode, size, content digest or link target)."""
+def tree_digest(root: Path, known: dict[int, str] | None = None) -> str:
+    """blake3 over a sorted listing of (path, type, mode, content digest or link target).
+
+    `known` maps inode numbers to content digests the caller computed while writing the files
+    (the flatten step does, so a fresh tree is not read back)."""
+    known = known or {}
     h = dg.hasher("blake3")
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if os.path.islink(path):
-                entry = f"L {rel}/{name} {os.readlink(path)}"
-            elif os.path.isfile(path):
-                entry = f"F {rel}/{name} {st.st_mode:o} {dg.of_file(Path(path), 'blake3')[0]}"
+
+    def walk(path: str, rel: str) -> None:
+        with os.scandir(path) as it:
+            entries = list(it)
+        subdirs = sorted((e for e in entries if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
+        for e in sorted((e for e in entries if not e.is_dir(follow_symlinks=False)), key=lambda e: e.name):
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                line = f"L {rel}/{e.name} {os.readlink(e.path)}"
+            elif stat.S_ISREG(st.st_mode):
+                content = known.get(st.st_ino) or dg.of_file(Path(e.path), "blake3")[0]
+                line = f"F {rel}/{e.name} {st.st_mode:o} {content}"
             else:
-                entry = f"O {rel}/{name} {st.st_mode:o}"
-            h.update(entry.encode("utf-8", "surrogateescape") + b"\n")
-        for d in dirnames:
-            if not os.path.islink(os.path.join(dirpath, d)):
-                h.update(f"D {rel}/{d} {os.lstat(os.path.join(dirpath, d)).st_mode:o}\n".encode("utf-8", "surrogateescape"))
+                line = f"O {rel}/{e.name} {st.st_mode:o}"
+            h.update(line.encode("utf-8", "surrogateescape") + b"\n")
+        for d in subdirs:
+            line = f"D {rel}/{d.name} {d.stat(follow_symlinks=False).st_mode:o}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))
+        for d in subdirs:
+            walk(d.path, d.name if rel == "." else f"{rel}/{d.name}")
+
+    walk(str(root), ".")
     return f"{TREE}blake3:{h.hexdigest()}"
 
 
@@ -128,8 +139,8 @@ class Store:
         self._check(actual, n, expected, None)
         return self._commit_file(path, actual)
 
-    def ingest_tree(self, path: Path) -> str:
-        digest = tree_digest(path)
+    def ingest_tree(self, path: Path, known: dict[int, str] | None = None) -> str:
+        digest = tree_digest(path, known)
         dest = self.path(digest)
         if dest.exists():
             remove_tree(path)

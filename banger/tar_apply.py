@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from blake3 import blake3
+
 from .engine import BuildError
 from .layer_reader import LayerStream
 from .rootfs_tree import Meta, Node, Tree, is_below
@@ -171,8 +173,10 @@ class LayerApplier:
             return 0
         self._replace(existing)
         _, fd = self.tree.create_file(parent, base, meta, self.layer)
+        content = blake3()
         try:
-            copied = stream.copy_to(fd, member.size)
+            copied = stream.copy_to(fd, member.size, content)
+            self.tree.record_content(fd, content.hexdigest())
         finally:
             os.close(fd)
         if copied < member.size:

@@ -17,6 +17,7 @@ from banger import fsmeta
 from banger.engine import Build, BuildError
 from banger.flatten import chain_id, flatten_layers
 from banger.oci_writer import Layer, write_image, write_index
+from banger.store import tree_digest
 from support_layers import (CAP_NET_RAW, M, blob, dir_, file, link, opaque, set_size, sym, tar_bytes,
                             whiteout, zstd_frames)
 from conftest import need
@@ -330,6 +331,20 @@ def test_declared_size_must_match_the_data(tmp_path):
     path, mt, diff_id = blob(tmp_path, too_small, "none")
     with pytest.raises(BuildError, match="invalid tar header after member 'a'"):
         flatten_blobs(tmp_path, [(path, mt, diff_id)])
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_digests_taken_while_writing_equal_a_full_rehash(tmp_path, stack):
+    """The flatten step hashes file data as it writes it; replaced files, hardlinks and reused
+    inode numbers must not make that differ from reading the finished tree back."""
+    blobs_dir = tmp_path / "blobs"
+    blobs_dir.mkdir()
+    blobs = [blob(blobs_dir, tar_bytes(members), "gzip") for members in STACKS[stack]]
+    stats = flatten_layers(blobs, tmp_path / "rootfs", tmp_path / "fsmeta.jsonl")
+    assert stats.content, "no file data was hashed during extraction"
+    files = [p for p in (tmp_path / "rootfs").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert {p.stat().st_ino for p in files} <= set(stats.content)
+    assert tree_digest(tmp_path / "rootfs", stats.content) == tree_digest(tmp_path / "rootfs")
 
 
 # ---- differential: umoci unpack (as root) is the reference -----------------------------------------
