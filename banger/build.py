@@ -9,11 +9,11 @@ from . import doit_runner, images, pipeline
 from .config import Dirs
 from .engine import Build, BuildError
 from .spec import BuildSpec
-from .store import Store
+from .store import TREE, Store
 
 
 def new_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
-    build = Build(Store(dirs.cache), log)
+    build = Build(Store(dirs.cache, dirs.trees), log)
     build.context["dirs"] = dirs
     build.context["spec"] = spec
     return build
@@ -33,6 +33,8 @@ def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = Non
     finally:
         for p in dep_file.parent.glob(dep_file.name + "*"):
             p.unlink(missing_ok=True)
+        build.store.evict_volatile_trees(keep=[d for r in build.records.values()
+                                               for d in r.outputs.values() if d.startswith(TREE)])
     if code != 0:
         raise BuildError(build.error or f"build failed (doit exit code {code})")
     return build

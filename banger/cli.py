@@ -33,7 +33,8 @@ def dirs():
 def store():
     from .store import Store
 
-    return Store(dirs().cache)
+    d = dirs()
+    return Store(d.cache, d.trees)
 
 
 def emit(value, as_json: bool, lines: list[str]) -> None:

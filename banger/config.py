@@ -1,6 +1,7 @@
 """Where banger keeps things: XDG dirs by default, one cache dir override for everything cached."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from pathlib import Path
 from xdg import BaseDirectory
 
 CACHE_ENV = "BANGER_CACHE_DIR"
+TREES_ENV = "BANGER_TREES_DIR"  # where flattened trees go: a directory, or "cache" for the cache dir
+SHM = Path("/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,7 @@ class Dirs:
     cache: Path  # content-addressed store, action records, image names
     state: Path  # kernels, managed ssh key, VM runtime files
     config: Path  # config.json
+    trees: Path | None = None  # RAM-backed home for flattened trees (None: they stay in cache)
 
     @property
     def config_file(self) -> Path:
@@ -30,7 +34,21 @@ def default_dirs(cache_dir: str | os.PathLike | None = None) -> Dirs:
         cache=cache,
         state=_xdg("XDG_STATE_HOME", BaseDirectory.xdg_state_home),
         config=_xdg("XDG_CONFIG_HOME", BaseDirectory.xdg_config_home),
+        trees=volatile_trees_dir(cache),
     )
+
+
+def volatile_trees_dir(cache: Path) -> Path | None:
+    """A directory on /dev/shm (tmpfs) private to this user and cache dir, unless
+    $BANGER_TREES_DIR names another one or says "cache"."""
+    chosen = os.environ.get(TREES_ENV)
+    if chosen == "cache":
+        return None
+    if chosen:
+        return Path(chosen).resolve()
+    if not (SHM.is_dir() and os.access(SHM, os.W_OK)):
+        return None
+    return SHM / f"banger-{os.getuid()}-{hashlib.sha256(str(cache).encode()).hexdigest()[:16]}"
 
 
 def _xdg(variable: str, imported: str) -> Path:

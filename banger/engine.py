@@ -112,11 +112,9 @@ class Build:
             if record is not None:
                 self._accept(step, record, "cached", time.monotonic() - start)
                 return
-            for name, digest in parts["inputs"].items():
-                if isinstance(digest, str) and digest.startswith(TREE) and not self.store.verify_for_use(digest):
-                    raise BuildError(f"step {step.name}: its input {name} ({digest[:24]}…) was corrupt and "
-                                     "has been removed; run the build again to remake it")
-            with self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
+            trees = tree_inputs(parts["inputs"])
+            with self.store.using(trees), self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
+                self.materialize(trees)
                 run = StepRun(self, stage, parts["inputs"], parts["params"])
                 with activity(step.name) if step.spinner else contextlib.nullcontext():
                     outputs = step.work(run)
@@ -133,7 +131,9 @@ class Build:
         from .fsutil import first_difference
 
         record, step = self.records[name], self.steps[name]
-        with self.store.staging(f"check-{name.replace(':', '-')}-") as scratch_dir:
+        trees = tree_inputs(record.inputs)
+        with self.store.using(trees), self.store.staging(f"check-{name.replace(':', '-')}-") as scratch_dir:
+            self.materialize(trees)
             scratch = Store(scratch_dir / "store")
             with scratch.staging() as stage:
                 outputs = step.work(StepRun(self, stage, record.inputs, record.params, output_store=scratch))
@@ -145,6 +145,24 @@ class Build:
                     differences.append(f"{name}.{out}: cached {digest[:23]}…, rebuilt {str(again)[:23]}…"
                                        + (f" ({where})" if where else ""))
         return differences
+
+    def materialize(self, trees: list[str]) -> None:
+        """Make sure the trees a step is about to read are here and intact: one that is gone
+        (evicted from RAM, a reboot) or corrupt is remade by rerunning the step of this build
+        that recorded it, on that record's inputs."""
+        for digest in trees:
+            if self.store.path(digest).exists() and self.store.verify_for_use(digest):
+                continue
+            producer = next((r for r in self.records.values() if digest in r.outputs.values()), None)
+            if producer is None:
+                raise BuildError(f"internal: no step of this build recorded {digest[:24]}…")
+            self.log(f"remaking {producer.step}'s output (not in the cache any more)")
+            with self.store.staging(f"{producer.step.replace(':', '-')}-") as stage:
+                outputs = self.steps[producer.step].work(StepRun(self, stage, producer.inputs, producer.params))
+            if digest not in outputs.values():
+                self.store.put_record(ActionRecord(**{**producer.to_json(), "outputs": outputs}))
+                raise BuildError(f"step {producer.step} made a different output than it recorded "
+                                 f"({digest[:24]}…); its record is updated, run the build again")
 
     def _accept(self, step: StepDef, record: ActionRecord, status: str, seconds: float) -> None:
         self.records[step.name] = record
@@ -187,6 +205,10 @@ def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun]
     if subtask:
         task["name"] = subtask
     return task
+
+
+def tree_inputs(inputs: dict) -> list[str]:
+    return [d for d in inputs.values() if isinstance(d, str) and d.startswith(TREE)]
 
 
 def _thunk(value: Callable[[], dict] | dict | None) -> Callable[[], dict]:

@@ -21,6 +21,7 @@ from .spec import BuildSpec
 from .tar_apply import LayerApplier, LayerContentError
 
 VERSION = "1"
+EXPANSION = 4  # a flattened tree is about 2.5-3.5x its gzip layers; room is checked for this much
 
 
 @dataclass
@@ -89,10 +90,12 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
                              f"{len(img.diff_ids)} diff_ids; the image is corrupt")
         blobs = [(run.path(desc["digest"]), desc["mediaType"], diff_id)
                  for desc, diff_id in zip(img.layers, img.diff_ids)]
-        tree_dir, meta_path = run.stage / "rootfs", run.stage / "fsmeta.jsonl"
-        stats = flatten_layers(blobs, tree_dir, meta_path)
-        run.info.update(layers=stats.layers, files=stats.files, bytes=stats.bytes, paths=stats.paths,
-                        flatten_seconds=stats.seconds)
-        return {"tree": run.store.ingest_tree(tree_dir, stats.content), "meta": run.store.ingest_file(meta_path)}
+        compressed = sum(int(desc.get("size", 0)) for desc in img.layers)
+        with run.store.tree_staging(compressed * EXPANSION) as tree_stage:
+            tree_dir, meta_path = tree_stage / "rootfs", run.stage / "fsmeta.jsonl"
+            stats = flatten_layers(blobs, tree_dir, meta_path)
+            run.info.update(layers=stats.layers, files=stats.files, bytes=stats.bytes, paths=stats.paths,
+                            flatten_seconds=stats.seconds)
+            return {"tree": run.store.ingest_tree(tree_dir, stats.content), "meta": run.store.ingest_file(meta_path)}
 
     yield step_task(build, name="flatten", version=VERSION, work=work, inputs=inputs, deps=("fetch",))

@@ -8,6 +8,12 @@ Layout under the cache dir:
     locks/<key>.lock          one flock per action key
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
+
+Trees can instead live in a RAM-backed directory (`volatile`, see config.volatile_dir), with
+its own staging/: they are intermediates (a flattened image is only read by the ext4 step),
+extracting ~9k files onto a disk costs several seconds of metadata writes where tmpfs takes a
+fraction of one, and a tree that is gone (reboot, eviction) is remade from its cached layers
+when a step needs it (engine.Build.materialize). Records never depend on a tree being present.
 """
 from __future__ import annotations
 
@@ -87,19 +93,24 @@ def tree_digest(root: Path, known: dict[int, str] | None = None) -> str:
 
 
 class Store:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, volatile: Path | None = None):
         self.root = Path(root)
         for sub in ("blobs", "trees", "actions", "stamps", "locks", "staging", "images"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.volatile = volatile  # RAM-backed home for trees, created on first use
         self._trusted: set[str] = set()  # digests fully verified in this process
 
     # ---- paths -------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
         if digest.startswith(TREE):
             alg, hexpart = dg.split(digest[len(TREE):])
-            return self.root / "trees" / alg / hexpart
+            candidates = [home / alg / hexpart for home in self.tree_homes()]
+            return next((p for p in candidates if p.exists()), candidates[-1])
         alg, hexpart = dg.split(digest)
         return self.root / "blobs" / alg / hexpart
+
+    def tree_homes(self) -> list[Path]:
+        return ([self.volatile / "trees"] if self.volatile else []) + [self.root / "trees"]
 
     def _stamp(self, digest: str) -> Path:
         alg, hexpart = dg.split(digest.removeprefix(TREE))
@@ -109,11 +120,83 @@ class Store:
     @contextlib.contextmanager
     def staging(self, prefix: str = "work-") -> Iterator[Path]:
         """A private directory on the store's filesystem, removed whatever happens."""
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / "staging"))
-        try:
+        with _temp_dir(self.root / "staging", prefix) as path:
             yield path
-        finally:
-            remove_tree(path)
+
+    def tree_staging(self, expected_bytes: int) -> contextlib.AbstractContextManager[Path]:
+        """Staging for a new tree: in the volatile dir if it has room for `expected_bytes` while
+        keeping a quarter of it free (RAM is shared with everything else), else in the cache."""
+        home = self._volatile_home()
+        if home is not None:
+            fs = os.statvfs(home)
+            if (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize >= expected_bytes:
+                return _temp_dir(home / "staging", "tree-")
+        return self.staging("tree-")
+
+    def _volatile_home(self) -> Path | None:
+        """The volatile dir, made private (0700, ours, not a symlink), or None if it can't be."""
+        if self.volatile is None:
+            return None
+        try:
+            for d in (self.volatile, self.volatile / "staging", self.volatile / "trees"):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d, 0o700)
+                st = os.lstat(d)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                    return None
+            if not (self.volatile / "cache-dir").exists():  # see _sweep_orphaned_volatile_dirs
+                atomic_write(self.volatile / "cache-dir", str(self.root).encode())
+        except OSError:
+            return None
+        return self.volatile
+
+    def evict_volatile_trees(self, keep: Iterable[str] = ()) -> list[str]:
+        """Free the RAM of every volatile tree but `keep` (the ones the current build used) and
+        of volatile dirs whose cache dir is gone; a tree a step is reading (see `using`) stays."""
+        if self.volatile is None or not (self.volatile / "trees").is_dir():
+            return []
+        keep = set(keep)
+        evicted = []
+        for alg in (self.volatile / "trees").iterdir():
+            for t in alg.iterdir():
+                d = f"{TREE}{alg.name}:{t.name}"
+                if d in keep:
+                    continue
+                with open(self._use_lock(d), "a") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    self.remove(d)
+                evicted.append(d)
+        self._sweep_orphaned_volatile_dirs()
+        return evicted
+
+    def _sweep_orphaned_volatile_dirs(self) -> None:
+        """Volatile dirs are named <prefix>-<id of the cache dir> and name their cache dir in
+        `cache-dir`; a sibling whose cache dir was deleted would hold RAM until reboot."""
+        assert self.volatile is not None
+        prefix = self.volatile.name.rpartition("-")[0]
+        if not prefix:
+            return
+        for sibling in self.volatile.parent.glob(f"{prefix}-*"):
+            owner = sibling / "cache-dir"
+            with contextlib.suppress(OSError):
+                if sibling.lstat().st_uid == os.getuid() and owner.is_file() \
+                        and not Path(owner.read_text()).is_dir():
+                    remove_tree(sibling)
+
+    @contextlib.contextmanager
+    def using(self, digests: Iterable[str]) -> Iterator[None]:
+        """Shared locks that keep eviction away from trees a step is reading."""
+        with contextlib.ExitStack() as stack:
+            for d in sorted(set(digests)):
+                f = stack.enter_context(open(self._use_lock(d), "a"))
+                fcntl.flock(f, fcntl.LOCK_SH)
+            yield
+
+    def _use_lock(self, digest: str) -> Path:
+        return self.root / "locks" / f"use-{dg.split(digest.removeprefix(TREE))[1]}.lock"
 
     # ---- ingest ------------------------------------------------------------------------------
     def ingest_stream(self, chunks: Iterable[bytes], expected: str | None = None,
@@ -141,10 +224,12 @@ class Store:
 
     def ingest_tree(self, path: Path, known: dict[int, str] | None = None) -> str:
         digest = tree_digest(path, known)
-        dest = self.path(digest)
-        if dest.exists():
+        if self.path(digest).exists():
             remove_tree(path)
         else:
+            in_volatile = self.volatile is not None and path.is_relative_to(self.volatile)
+            home = self.tree_homes()[0 if in_volatile else -1]  # rename: the same filesystem
+            dest = home.joinpath(*dg.split(digest[len(TREE):]))
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, dest)
         self._write_stamp(digest)
@@ -227,8 +312,9 @@ class Store:
 
     def remove(self, digest: str) -> None:
         path = self.path(digest)
-        if path.is_dir():
-            remove_tree(path)
+        if digest.startswith(TREE):
+            for home in self.tree_homes():
+                remove_tree(home / path.relative_to(path.parent.parent))
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -245,11 +331,11 @@ class Store:
         return path.stat().st_blocks * 512
 
     def artifacts(self) -> Iterator[str]:
-        for kind, prefix in (("blobs", ""), ("trees", TREE)):
-            base = self.root / kind
-            for algdir in sorted(base.iterdir()) if base.exists() else []:
-                for entry in sorted(algdir.iterdir()):
-                    yield f"{prefix}{algdir.name}:{entry.name}"
+        found = []
+        for base, prefix in [(self.root / "blobs", "")] + [(home, TREE) for home in self.tree_homes()]:
+            for algdir in sorted(base.iterdir()) if base.is_dir() else []:
+                found += (f"{prefix}{algdir.name}:{entry.name}" for entry in sorted(algdir.iterdir()))
+        yield from dict.fromkeys(found)
 
     # ---- action records ----------------------------------------------------------------------
     def _record_path(self, key: str) -> Path:
@@ -281,8 +367,9 @@ class Store:
             self._record_path(key).unlink()
 
     def record_valid(self, record: ActionRecord) -> bool:
-        """Every output of the record is present and intact (verifying on first trust)."""
-        return all(self.verify(d) for d in record.outputs.values())
+        """Every output of the record is present and intact (verifying on first trust). Trees
+        need not be present: a step that reads one remakes it first (Build.materialize)."""
+        return all(d.startswith(TREE) or self.verify(d) for d in record.outputs.values())
 
     # ---- locking -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -303,6 +390,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        remove_tree(path)
 
 
 def remove_tree(path: Path) -> None:

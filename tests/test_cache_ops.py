@@ -109,7 +109,7 @@ def test_import_of_a_tampered_archive_caches_nothing(tmp_path):
         for m in tin:
             data = tin.extractfile(m).read() if m.isfile() else None
             if data is not None and m.name.startswith("blobs/"):
-                data = b"X" + data[1:]
+                data = bytes([data[0] ^ 1]) + data[1:]  # (b"X" + ... left random data starting with X intact)
             tout.addfile(m, io.BytesIO(data) if data is not None else None)
     archive.write_bytes(zstandard.ZstdCompressor().compress(out.getvalue()))
     dst = Store(tmp_path / "dst")

@@ -416,11 +416,55 @@ def test_step_records_tree_and_meta_keyed_by_chain_id(tmp_path):
     assert second.report[-1].status == "cached" and second.records["flatten"].key == record.key
 
 
+def test_trees_live_in_ram_and_are_remade_only_when_a_step_needs_them(tmp_path):
+    from banger import doit_runner, ext4, flatten
+    from banger.spec import BuildSpec
+    from banger.store import Store
+
+    need("mke2fs", "debugfs", "e2fsck")
+    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    path, mt, diff_id = blob(tmp_path, tar_bytes(BASIC[0]))
+    size = path.stat().st_size
+    desc = {"mediaType": mt, "digest": store.ingest_file(path, "sha256"), "size": size}
+
+    def build_with(size: int | None) -> tuple[Build, list[str]]:
+        log: list[str] = []
+        build = Build(store, log=log.append)
+        build.context["image"] = SimpleNamespace(layers=[desc], diff_ids=[diff_id])
+
+        def task_gen():
+            yield {"basename": "fetch", "actions": None}
+            yield from flatten.tasks(build, None)
+            yield from ext4.tasks(build, BuildSpec(image="x", size=size))
+            yield {"basename": "build", "actions": None, "task_dep": ["ext4"]}
+        assert doit_runner.run(build, task_gen, tmp_path / f"doit-{len(log)}-{size}.db") == 0, build.error
+        return build, log
+
+    first, _ = build_with(None)
+    tree = first.output("flatten", "tree")
+    assert store.path(tree).is_relative_to(tmp_path / "ram") and not list((tmp_path / "cache" / "trees").iterdir())
+    assert (tmp_path / "ram").stat().st_mode & 0o777 == 0o700
+    with store.using([tree]):
+        assert store.evict_volatile_trees() == []  # a step is reading it
+    assert store.evict_volatile_trees(keep=[tree]) == [] and store.path(tree).exists()
+    assert store.evict_volatile_trees() == [tree] and not store.path(tree).exists()
+    # everything downstream is cached: the tree is not needed, so it is not remade
+    again, log = build_with(None)
+    assert [r.status for r in again.report] == ["cached", "cached"] and log == []
+    assert not store.path(tree).exists()
+    # a new ext4 size needs the tree: the flatten record stands, its tree is remade from the layers
+    resized, log = build_with(64 << 20)
+    assert [r.status for r in resized.report] == ["cached", "ran"]
+    assert any("remaking flatten" in line for line in log)
+    assert store.path(tree).is_relative_to(tmp_path / "ram") and store.verify(tree, full=True)
+    assert store.path(resized.output("ext4", "image")).stat().st_size == 64 << 20
+
+
 def test_failed_step_caches_nothing(tmp_path):
     from banger import doit_runner, flatten
     from banger.store import Store
 
-    store = Store(tmp_path / "cache")
+    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
     path, mt, diff_id = blob(tmp_path, tar_bytes([file("ok", "x"), file("../evil", "x")]))
     desc = {"mediaType": mt, "digest": store.ingest_file(path, "sha256"), "size": 0}
     build = Build(store, log=lambda msg: None)
@@ -434,3 +478,4 @@ def test_failed_step_caches_nothing(tmp_path):
     assert "'../evil'" in build.error
     assert list(store.records()) == [] and list((store.root / "trees").iterdir()) == []
     assert list((store.root / "staging").iterdir()) == []
+    assert list((tmp_path / "ram" / "staging").iterdir()) == [] and list((tmp_path / "ram" / "trees").iterdir()) == []

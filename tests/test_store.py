@@ -117,3 +117,38 @@ def test_a_write_deep_inside_a_tree_is_caught_before_a_step_reads_it(tmp_path):
     fresh = Store(tmp_path / "c")  # the next process rehashes before use
     assert not fresh.verify_for_use(d)
     assert not store.path(d).exists()
+
+
+def test_trees_go_to_the_ram_dir_only_when_it_is_private_and_has_room(tmp_path, monkeypatch):
+    from banger import config
+
+    monkeypatch.delenv(config.TREES_ENV, raising=False)
+    ram = config.volatile_trees_dir(tmp_path / "cache")
+    assert ram is not None and ram.parent == config.SHM and ram.name.startswith(f"banger-{os.getuid()}-")
+    monkeypatch.setenv(config.TREES_ENV, "cache")
+    assert config.volatile_trees_dir(tmp_path / "cache") is None
+
+    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    with store.tree_staging(1 << 20) as stage:
+        assert stage.is_relative_to(tmp_path / "ram")
+    with store.tree_staging(1 << 60) as stage:  # no room: the cache's own staging
+        assert stage.is_relative_to(tmp_path / "cache" / "staging")
+    os.chmod(tmp_path / "ram", 0o777)  # not private (someone else could swap a tree): not used
+    with store.tree_staging(1 << 20) as stage:
+        assert stage.is_relative_to(tmp_path / "cache" / "staging")
+
+
+def test_ram_dirs_of_deleted_cache_dirs_are_swept(tmp_path):
+    ram = tmp_path / "shm"
+    ram.mkdir()
+    live_cache, gone_cache = tmp_path / "live", tmp_path / "gone"
+    stores = {name: Store(cache, volatile=ram / f"banger-7-{name}") for name, cache in
+              (("live", live_cache), ("gone", gone_cache), ("me", tmp_path / "me"))}
+    for store in stores.values():
+        with store.tree_staging(1):  # makes the RAM dir
+            pass
+        store.evict_volatile_trees()
+    import shutil
+    shutil.rmtree(gone_cache)
+    stores["me"].evict_volatile_trees()
+    assert sorted(p.name for p in ram.iterdir()) == ["banger-7-live", "banger-7-me"]
