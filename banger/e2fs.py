@@ -123,26 +123,37 @@ def tree(image: Path, root: str = ".", root_ino: int = ROOT_INO) -> dict[str, No
     out: dict[str, Node] = {}
     level = [(root, root_ino)]
     while level:
-        blocks = run(image, [f"ls -p <{ino}>" for _, ino in level])
-        following = []
-        for (dirpath, ino), block in zip(level, blocks):
-            for line in block.output:
-                if not line:
-                    continue
-                m = LS_LINE.match(line)
-                if not m:
-                    raise E2fsError(f"debugfs could not list directory {dirpath!r} (inode {ino}): {line.strip()}")
-                child_ino, mode, name = int(m[1]), int(m[2], 8), m[5]
-                uid, gid = int(m[3]) & 0xFFFFFFFF, int(m[4]) & 0xFFFFFFFF
-                if child_ino == 0 or not name:  # empty slots (lost+found's preallocated blocks)
-                    continue
-                if name in (".", ".."):
-                    if name == "." and dirpath not in out:
-                        out[dirpath] = Node(child_ino, mode, uid, gid)
-                    continue
-                path = name if dirpath == "." else f"{dirpath}/{name}"
-                out[path] = Node(child_ino, mode, uid, gid)
-                if mode & 0o170000 == 0o040000:
-                    following.append((path, child_ino))
+        blocks = run(image, listing_commands(level))
+        following = parse_listings(level, blocks, out)
         level = following
     return out
+
+
+def listing_commands(dirs: list[tuple[str, int]]) -> list[str]:
+    return [f"ls -p <{ino}>" for _, ino in dirs]
+
+
+def parse_listings(dirs: list[tuple[str, int]], blocks: list[debugfs.Block],
+                   out: dict[str, Node]) -> list[tuple[str, int]]:
+    """Add what `ls -p` printed for `dirs` to `out`; returns the subdirectories found."""
+    subdirs = []
+    for (dirpath, ino), block in zip(dirs, blocks):
+        for line in block.output:
+            if not line:
+                continue
+            m = LS_LINE.match(line)
+            if not m:
+                raise E2fsError(f"debugfs could not list directory {dirpath!r} (inode {ino}): {line.strip()}")
+            child_ino, mode, name = int(m[1]), int(m[2], 8), m[5]
+            uid, gid = int(m[3]) & 0xFFFFFFFF, int(m[4]) & 0xFFFFFFFF
+            if child_ino == 0 or not name:  # empty slots (lost+found's preallocated blocks)
+                continue
+            if name in (".", ".."):
+                if name == "." and dirpath not in out:
+                    out[dirpath] = Node(child_ino, mode, uid, gid)
+                continue
+            path = name if dirpath == "." else f"{dirpath}/{name}"
+            out[path] = Node(child_ino, mode, uid, gid)
+            if mode & 0o170000 == 0o040000:
+                subdirs.append((path, child_ino))
+    return subdirs

@@ -108,7 +108,7 @@ def _apply(image: Path, entries: list[fsmeta.Entry], nodes: dict[str, Node], val
         raise BuildError(str(exc)) from None
     times["apply"] = time.monotonic() - t
     t = time.monotonic()
-    verify(image, entries, xattrs, values_dir)
+    verify(image, entries, nodes, xattrs, values_dir)
     times["verify"] = time.monotonic() - t
     t = time.monotonic()
     try:
@@ -135,10 +135,24 @@ def set_xattrs(spec: str, entry: fsmeta.Entry, values_dir: Path,
     return cmds
 
 
-def verify(image: Path, entries: list[fsmeta.Entry], xattrs: list[tuple[str, str, bytes]],
-           values_dir: Path) -> None:
-    """Read back owner and mode of every path, every xattr and a sample of mtimes."""
-    nodes = e2fs.tree(image)
+def verify(image: Path, entries: list[fsmeta.Entry], before: dict[str, Node],
+           xattrs: list[tuple[str, str, bytes]], values_dir: Path) -> None:
+    """Read back owner and mode of every path, every xattr and a sample of mtimes, in one
+    read-only debugfs run (the directories' inode numbers are those of the `before` listing:
+    this step creates no directory)."""
+    dirs = [(path, node.ino) for path, node in before.items() if node.mode & 0o170000 == 0o040000]
+    cmds = e2fs.listing_commands(dirs)
+    if xattrs:
+        out_dir = values_dir / "read-back"
+        out_dir.mkdir(exist_ok=True)
+        cmds += [f"ea_get -f {quote(str(out_dir / f'{i:06d}'))} <{before[path].ino}> {name}"
+                 for i, (path, name, _) in enumerate(xattrs)]
+    timed = [e for e in entries if not e.link and e.path in before]
+    sample = timed[:: max(1, len(timed) // TIME_SAMPLE)]
+    cmds += [f"stat <{before[e.path].ino}>" for e in sample]
+    blocks = e2fs.run(image, cmds)
+    nodes: dict[str, Node] = {}
+    e2fs.parse_listings(dirs, blocks[:len(dirs)], nodes)
     for entry in entries:
         if entry.link:  # shares the inode checked through the entry it links to
             continue
@@ -148,20 +162,11 @@ def verify(image: Path, entries: list[fsmeta.Entry], xattrs: list[tuple[str, str
             got = "missing" if node is None else f"mode {node.mode:o} uid {node.uid} gid {node.gid}"
             raise BuildError(f"ownership did not stick on {entry.path!r}: want mode {want:o} uid {entry.uid} "
                              f"gid {entry.gid}, image has {got}")
-    if xattrs:
-        out_dir = values_dir / "read-back"
-        out_dir.mkdir(exist_ok=True)
-        cmds = [f"ea_get -f {quote(str(out_dir / f'{i:06d}'))} <{nodes[path].ino}> {name}"
-                for i, (path, name, _) in enumerate(xattrs)]
-        e2fs.run(image, cmds)
-        for i, (path, name, value) in enumerate(xattrs):
-            got_file = out_dir / f"{i:06d}"
-            if not got_file.exists() or comparable(name, got_file.read_bytes()) != comparable(name, value):
-                raise BuildError(f"xattr {name} of {path!r} did not stick (read back differs)")
-    timed = [e for e in entries if not e.link]
-    sample = timed[:: max(1, len(timed) // TIME_SAMPLE)]
-    blocks = e2fs.run(image, [f"stat <{nodes[e.path].ino}>" for e in sample])
-    for entry, block in zip(sample, blocks):
+    for i, (path, name, value) in enumerate(xattrs):
+        got_file = values_dir / "read-back" / f"{i:06d}"
+        if not got_file.exists() or comparable(name, got_file.read_bytes()) != comparable(name, value):
+            raise BuildError(f"xattr {name} of {path!r} did not stick (read back differs)")
+    for entry, block in zip(sample, blocks[len(cmds) - len(sample):]):
         mtime = next((line for line in block.output if line.strip().startswith("mtime:")), "")
         got = int(mtime.split()[1].split(":")[0], 16) if mtime else None
         if got != entry.mtime & 0xFFFFFFFF:

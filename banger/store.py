@@ -130,7 +130,7 @@ class Store:
         if home is not None:
             fs = os.statvfs(home)
             if (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize >= expected_bytes:
-                return _temp_dir(home / "staging", "tree-")
+                return _temp_dir(home / "staging", f"tree-{os.getpid()}-")
         return self.staging("tree-")
 
     def _volatile_home(self) -> Path | None:
@@ -169,6 +169,10 @@ class Store:
                         continue
                     self.remove(d)
                 evicted.append(d)
+        for stage in (self.volatile / "staging").glob("tree-*-*"):  # left by a killed build
+            with contextlib.suppress(ValueError, OSError):
+                if not _alive(int(stage.name.split("-")[1])):
+                    remove_tree(stage)
         self._sweep_orphaned_volatile_dirs()
         return evicted
 
@@ -390,6 +394,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -152,3 +152,16 @@ def test_ram_dirs_of_deleted_cache_dirs_are_swept(tmp_path):
     shutil.rmtree(gone_cache)
     stores["me"].evict_volatile_trees()
     assert sorted(p.name for p in ram.iterdir()) == ["banger-7-live", "banger-7-me"]
+
+
+def test_ram_staging_of_a_killed_build_is_swept(tmp_path):
+    import subprocess
+
+    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    with store.tree_staging(1) as mine:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        orphan = tmp_path / "ram" / "staging" / f"tree-{dead.pid}-abc"
+        (orphan / "rootfs").mkdir(parents=True)
+        store.evict_volatile_trees()
+        assert mine.exists() and not orphan.exists()
