@@ -63,19 +63,21 @@ def scan(tree: Path) -> Plan:
 
     def walk(rel: str) -> None:
         plan.dirs.append(rel)
-        here = tree if rel == "." else tree / rel
+        with os.scandir(tree if rel == "." else tree / rel) as it:
+            listing = sorted(it, key=lambda e: os.fsencode(e.name))
         kids: list[tuple[str, str]] = []
         subdirs: list[str] = []
-        for name in sorted(os.listdir(here), key=os.fsencode):
+        for entry in listing:
+            name = entry.name
             quote(name)  # rejects names debugfs cannot take
             path = name if rel == "." else f"{rel}/{name}"
-            st = os.lstat(here / name)
+            st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 kids.append((name, "dir"))
                 subdirs.append(path)
             elif stat.S_ISLNK(st.st_mode):
                 kids.append((name, "sym"))
-                plan.symlinks[path] = os.readlink(here / name)
+                plan.symlinks[path] = os.readlink(entry.path)
             elif stat.S_ISREG(st.st_mode):
                 kids.append((name, "reg"))
                 key = (st.st_dev, st.st_ino)
