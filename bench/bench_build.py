@@ -63,8 +63,9 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "banger", "kernel", "pull", "debian:cloud-amd64"], check=True, cwd=REPO)
         kernels.symlink_to(real_state)
 
-        colds, noops_tag, noops_digest, edits = [], [], [], []
-        for i in range(args.runs):
+        colds, noops_tag, noops_digest, edits, peer = [], [], [], [], []
+        for i in range(args.runs):  # banger and the peer interleaved: the host's load drifts
+            peer += measure_peer(ref, runs=1)
             env = {"BANGER_CACHE_DIR": str(work / f"cache{i}"), "XDG_STATE_HOME": str(state),
                    "XDG_CONFIG_HOME": str(work / "config")}
             wall, cold = banger(env, "build", f"image={ref}", "boot=no")
@@ -79,7 +80,6 @@ def main() -> int:
             wall, edited = banger({**env, "BANGER_TEMPLATES_DIR": str(templates)}, "build", f"image={ref}", "boot=no")
             edits.append((wall, edited))
             shutil.rmtree(work / f"cache{i}")
-        peer = measure_peer(ref, runs=args.runs)
 
         med = statistics.median
         registry_to_ext4 = med(step_seconds(c, "fetch", "flatten", "ext4", "ownership") for _, c in colds)
@@ -92,7 +92,9 @@ def main() -> int:
         print("peer pipeline:")
         print(format_table(peer))
         print(f"\nregistry -> owned ext4: banger {registry_to_ext4:.2f} s vs peer {peer_total:.2f} s "
-              f"= {registry_to_ext4 / peer_total:.2f}x")
+              f"= {registry_to_ext4 / peer_total:.2f}x (medians); per run: " + ", ".join(
+                  f"{step_seconds(c, 'fetch', 'flatten', 'ext4', 'ownership') / sum(ph.seconds for ph in p):.2f}x"
+                  for (_, c), p in zip(colds, peer)))
         print(f"no-op rebuild (whole command): by tag {med(noops_tag):.3f} s, by digest {med(noops_digest):.3f} s")
         edit_steps = med(step_seconds(e, "inject", "stage-kernel") for _, e in edits)
         cold_total = med(step_seconds(c, "fetch", "flatten", "ext4", "ownership", "inject", "stage-kernel") for _, c in colds)
