@@ -23,13 +23,17 @@ from .spec import BuildSpec
 if TYPE_CHECKING:  # the VM machinery is imported when a boot runs, not when a cached build checks
     from .vm import VM
 
-VERSION = "2"
+VERSION = "3"
 READY_PATTERN = r"^\s*BANGER_READY\b"
 SSH_USER = "root"
 # Every console byte is an emulated UART write: keep the kernel to warnings and systemd to failures
 # (both still reach the console, so a failed boot's console tail keeps its cause). The user's
 # boot.cmdline comes after these and wins (e.g. "loglevel=7 systemd.show_status=1").
 QUIET_CONSOLE = "loglevel=4 systemd.show_status=error"
+# A refused or reset connection costs the guest next to nothing (its kernel answers, sshd never
+# sees it), so retry soon: the console line may come just before sshd listens (an image whose
+# sshd unit is not Type=notify).
+LOGIN_RETRY_AFTER = 0.25
 POWEROFF_RETRY_AFTER = 20.0  # seconds before a second, forced, poweroff request
 DEFAULT_UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boot.service",
                  "banger-agent.service")
@@ -146,7 +150,7 @@ def _ssh_login(vm: VM, private_key: Path, deadline: float):
             last_error = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= deadline or not vm.running:
             raise vm.failure(f"could not log in to the VM over SSH at {host}:{port} ({last_error})")
-        time.sleep(1.0)
+        time.sleep(LOGIN_RETRY_AFTER)
 
 
 PROBE_SCRIPT = """\

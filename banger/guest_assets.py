@@ -55,11 +55,15 @@ SSHD_EARLY_DROP_INS = tuple(f"/etc/systemd/system/{unit}.d/banger-{unit.removesu
 UDEV_TRIGGER_DROP_IN = "/etc/systemd/system/systemd-udev-trigger.service.d/banger-after-sshd.conf"
 # Masked with /dev/null links (systemd.generator(7)); each costs ~0.3-0.5 s of an emulated vCPU at
 # every boot and has nothing to do in a VM whose one disk is a whole-disk ext4 root named by root=:
-# no GPT to auto-mount, no swap to resume from, no crypttab/integritytab/veritytab devices.
+# no GPT to auto-mount, no swap to resume from, no crypttab/integritytab/veritytab devices, no
+# offline update (system-update.target) and no systemd.run= on banger's kernel command line.
+# Kept, because an image or a user may need them: sysv (init.d scripts without a native unit),
+# rc-local, getty (the serial-console login) and debug (systemd.mask= on the command line).
 GENERATOR_MASK_DIR = "/etc/systemd/system-generators"
 MASKED_GENERATORS = ("systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
                      "systemd-cryptsetup-generator", "systemd-integritysetup-generator",
-                     "systemd-veritysetup-generator")
+                     "systemd-veritysetup-generator", "systemd-system-update-generator",
+                     "systemd-run-generator")
 
 
 class AssetError(ValueError):

@@ -27,7 +27,7 @@ from .guest_assets import (AssetError, GuestAssets, ImageLayout, NetworkSettings
                            inittab_style, render)
 from .spec import BuildSpec
 
-STEP_VERSION = "1"
+STEP_VERSION = "2"
 SYSTEMD_BINARIES = ("/usr/lib/systemd/systemd", "/lib/systemd/systemd")
 SSHD_BINARIES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd", "/usr/local/sbin/sshd")
 STAT_TYPE = re.compile(r"^Inode:\s*(\d+)\s+Type:\s*(\S+)")

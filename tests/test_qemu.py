@@ -168,3 +168,75 @@ def test_sigkill_to_a_process_running_a_vm_takes_the_vm_down(smoke_kernel, tmp_p
     proc.kill()
     proc.wait(timeout=30)
     _assert_gone(pid, run_dir, port)  # PR_SET_PDEATHSIG
+
+
+# ---- TCG boot shortcuts: PVH entry into the uncompressed vmlinux, kernel arguments ----------------
+@pytest.fixture(scope="session")
+def smoke_vmlinux(smoke_kernel, fixture_cache) -> Path:
+    """The smoke kernel's uncompressed ELF (as the stage-kernel step extracts it)."""
+    from banger import vmlinux
+
+    dest = fixture_cache / "smoke-kernel" / "vmlinux"
+    if not dest.exists():
+        partial = dest.with_suffix(".partial")
+        vmlinux.extract(smoke_kernel, partial)
+        os.replace(partial, dest)
+    return dest
+
+
+def _elf_with_notes(path: Path, notes: bytes) -> Path:
+    """A minimal 64-bit little-endian ELF whose one program header is a PT_NOTE segment."""
+    import struct
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x20, 64)  # e_phoff
+    struct.pack_into("<HH", header, 0x36, 56, 1)  # e_phentsize, e_phnum
+    phdr = struct.pack("<IIQQQQQQ", qemu.PT_NOTE, 4, 64 + 56, 0, 0, len(notes), len(notes), 4)
+    path.write_bytes(bytes(header) + phdr + notes)
+    return path
+
+
+def _note(name: bytes, note_type: int, desc: bytes) -> bytes:
+    import struct
+    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
+    return struct.pack("<III", len(name), len(desc), note_type) + pad(name) + pad(desc)
+
+
+def test_pvh_entry_is_found_only_in_an_elf_with_the_xen_note(tmp_path, smoke_kernel, smoke_vmlinux):
+    assert qemu.has_pvh_entry(smoke_vmlinux)  # Debian's kernels have CONFIG_PVH
+    assert not qemu.has_pvh_entry(smoke_kernel)  # a bzImage
+    other = _note(b"GNU\0", 3, b"\x01" * 20) + _note(b"Xen\0", 6, b"linux\0")
+    assert not qemu.has_pvh_entry(_elf_with_notes(tmp_path / "no-pvh", other))
+    assert qemu.has_pvh_entry(_elf_with_notes(tmp_path / "pvh", other + _note(b"Xen\0", 18, b"\0" * 8)))
+    assert not qemu.has_pvh_entry(tmp_path / "missing")
+    (tmp_path / "short").write_bytes(b"\x7fELF")
+    assert not qemu.has_pvh_entry(tmp_path / "short")
+
+
+def test_tcg_boots_the_vmlinux_through_pvh_with_the_tcg_kernel_arguments(smoke_kernel, smoke_vmlinux, tcg_choice,
+                                                                         tmp_path):
+    if tcg_choice.accel != "tcg" or tcg_choice.machine != "pc":
+        pytest.skip(f"this host boots {tcg_choice.accel}/{tcg_choice.machine}, not tcg/pc")
+    run_dir = vmmod.new_run_dir(tmp_path / "state")
+    vm = vmmod.create(tcg_choice, VMConfig(kernel=smoke_kernel, vmlinux=smoke_vmlinux, run_dir=run_dir,
+                                           cmdline="panic=-1"))
+    with vm:
+        argv = vm.argv(vm.ssh_port)
+        vm.wait_for_console_line(r"Kernel panic - not syncing", timeout=TCG_SLACK)
+        assert vm.wait_exit(TCG_SLACK)
+    assert argv[argv.index("-kernel") + 1] == str(smoke_vmlinux)
+    console = vm.console_log.read_text(errors="replace")
+    assert console.count("Linux version") == 1
+    command_line = next(line for line in console.splitlines() if "Command line:" in line)
+    assert command_line.split()[-2:] == [qemu.TCG_PC_CMDLINE, "panic=-1"]  # the user's arguments come last
+    two_cpus = vmmod.create(tcg_choice, VMConfig(kernel=smoke_kernel, run_dir=tmp_path, vcpus=2))
+    assert qemu.TCG_PC_CMDLINE not in two_cpus.cmdline()  # it would keep the second vCPU offline
+
+
+def test_kvm_keeps_the_bzimage_and_the_kernels_defaults(smoke_kernel, smoke_vmlinux, tmp_path):
+    kvm_choice = hypervisor.Choice(backend="qemu", accel="kvm", machine="microvm", binary="qemu-system-x86_64",
+                                   reason="test")
+    vm = vmmod.create(kvm_choice, VMConfig(kernel=smoke_kernel, vmlinux=smoke_vmlinux, run_dir=tmp_path))
+    argv = vm.argv(2222)
+    assert argv[argv.index("-kernel") + 1] == str(smoke_kernel)
+    assert qemu.TCG_PC_CMDLINE not in vm.cmdline()
