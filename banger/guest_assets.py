@@ -47,6 +47,9 @@ UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boo
          "banger-agent.service")
 SCRIPTS = ("network.sh", "sshd-keys.sh", "first-boot.sh", "agent.sh", "sysv-boot.sh")
 PRESET = "80-banger.preset"
+# units whose templates set StartupCPUWeight= (agent.sh restores their weight after the boot)
+STARTUP_WEIGHTED_UNITS = ("ssh.service", "sshd.service", "banger-network.service",
+                          "banger-sshd-keys.service", "banger-agent.service")
 SSHD_UNITS = ("ssh.service", "sshd.service")  # Debian/Ubuntu's name, everyone else's
 # distinct file names: on Debian sshd.service is an alias of ssh.service, both dirs apply to it, and
 # a same-named drop-in in one would hide the other's
@@ -161,6 +164,7 @@ def render_params(network: NetworkSettings) -> dict:
         "first_boot_marker": FIRST_BOOT_MARKER,
         "units": list(UNITS),
         "sshd_drop_in_name": SSHD_EARLY_DROP_INS[0],
+        "startup_weighted_units": " ".join(STARTUP_WEIGHTED_UNITS),
     }
 
 

@@ -7,8 +7,10 @@ here without touching the host. Installing a real package inside a test is not p
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -328,6 +330,28 @@ def test_agent_announces_one_ready_line(scripts, sandbox_bin, tmp_path):
     for c in consoles:
         assert [x for x in c.read_text().splitlines() if x] == [line]
     assert proc.stdout.strip() == line
+
+
+def test_agent_restores_the_cpu_weight_of_startup_weighted_units_after_the_boot(scripts, sandbox_bin, tmp_path):
+    """systemd 252 keeps StartupCPUWeight= after the boot; the agent sets CPUWeight= again once
+    the system is up (checked in a booted VM: ssh.service's cpu.weight 10000 -> 100)."""
+    weighted = {name.removesuffix(".j2") for name, data in ga.template_bytes().items()
+                if re.search(rb"^StartupCPUWeight=", data, re.M)}
+    assert weighted == {"sshd-early.conf"} | {u for u in ga.STARTUP_WEIGHTED_UNITS if u.startswith("banger-")}
+    assert set(ga.SSHD_UNITS) <= set(ga.STARTUP_WEIGHTED_UNITS)
+    fake_tool(sandbox_bin, "systemctl")
+    (tmp_path / "run-systemd").mkdir()
+    (tmp_path / "boot_id").write_text("x\n")
+    (tmp_path / "console").touch()
+    env = {"PATH": str(sandbox_bin), "BANGER_BOOT_ID_FILE": str(tmp_path / "boot_id"),
+           "BANGER_CONSOLES": str(tmp_path / "console"), "BANGER_SYSTEMD_RUN_DIR": str(tmp_path / "run-systemd")}
+    assert run_sh(scripts / "agent.sh", env).returncode == 0
+    log = sandbox_bin / "systemctl.log"
+    want = ["is-system-running --wait"] + [f"set-property --runtime {u} CPUWeight=100" for u in ga.STARTUP_WEIGHTED_UNITS]
+    deadline = time.monotonic() + 10  # the restore runs in the background
+    while (log.read_text().splitlines() if log.exists() else []) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == want
 
 
 def test_sshd_keys_generates_ed25519_once(scripts, sandbox_bin, tmp_path):
