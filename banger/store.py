@@ -9,7 +9,7 @@ Layout under the cache dir:
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
 
-Trees can instead live in a RAM-backed directory (`volatile`, see config.volatile_dir), with
+Trees can instead live in a RAM-backed directory (`volatile`, see config.volatile_trees_dir), with
 its own staging/: they are intermediates (a flattened image is only read by the ext4 step),
 extracting ~9k files onto a disk costs several seconds of metadata writes where tmpfs takes a
 fraction of one, and a tree that is gone (reboot, eviction) is remade from its cached layers

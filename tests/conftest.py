@@ -2,6 +2,8 @@
 disk under cache/test-fixtures/ so a second test run reuses them."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,19 @@ def registry(tmp_path_factory):
     reg = devregistry.start(tmp_path_factory.mktemp("registry"))
     yield reg
     reg.stop()
+
+
+@pytest.fixture
+def ram_dir() -> Path:
+    """A not-yet-existing directory on the real /dev/shm (tmpfs), removed afterwards."""
+    from banger import config
+    from banger.store import remove_tree
+
+    if not (config.SHM.is_dir() and os.access(config.SHM, os.W_OK)):
+        pytest.skip("no writable /dev/shm on this host")
+    parent = Path(tempfile.mkdtemp(prefix="banger-test-", dir=config.SHM))
+    yield parent / "ram"
+    remove_tree(parent)
 
 
 @pytest.fixture

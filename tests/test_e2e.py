@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from banger.config import volatile_trees_dir
+from banger.store import remove_tree
 from tests.support_tools import REPO, need
 
 pytestmark = pytest.mark.slow
@@ -22,8 +24,11 @@ def e2e_env(tmp_path_factory, debian_bundle):
     state = root / "state" / "banger"
     state.mkdir(parents=True)
     (state / "kernels").symlink_to(debian_bundle.path.parent)
-    return {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
-            "XDG_CONFIG_HOME": str(root / "config")}
+    yield {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
+           "XDG_CONFIG_HOME": str(root / "config")}
+    ram = volatile_trees_dir((root / "cache").resolve())  # the flattened tree banger kept in RAM
+    if ram is not None:
+        remove_tree(ram)
 
 
 def banger(env, *args, timeout=1200):

@@ -416,13 +416,13 @@ def test_step_records_tree_and_meta_keyed_by_chain_id(tmp_path):
     assert second.report[-1].status == "cached" and second.records["flatten"].key == record.key
 
 
-def test_trees_live_in_ram_and_are_remade_only_when_a_step_needs_them(tmp_path):
+def test_trees_live_in_ram_and_are_remade_only_when_a_step_needs_them(tmp_path, ram_dir):
     from banger import doit_runner, ext4, flatten
     from banger.spec import BuildSpec
     from banger.store import Store
 
     need("mke2fs", "debugfs", "e2fsck")
-    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    store = Store(tmp_path / "cache", volatile=ram_dir)
     path, mt, diff_id = blob(tmp_path, tar_bytes(BASIC[0]))
     size = path.stat().st_size
     desc = {"mediaType": mt, "digest": store.ingest_file(path, "sha256"), "size": size}
@@ -442,8 +442,8 @@ def test_trees_live_in_ram_and_are_remade_only_when_a_step_needs_them(tmp_path):
 
     first, _ = build_with(None)
     tree = first.output("flatten", "tree")
-    assert store.path(tree).is_relative_to(tmp_path / "ram") and not list((tmp_path / "cache" / "trees").iterdir())
-    assert (tmp_path / "ram").stat().st_mode & 0o777 == 0o700
+    assert store.path(tree).is_relative_to(ram_dir) and not list((tmp_path / "cache" / "trees").iterdir())
+    assert ram_dir.stat().st_mode & 0o777 == 0o700
     with store.using([tree]):
         assert store.evict_volatile_trees() == []  # a step is reading it
     assert store.evict_volatile_trees(keep=[tree]) == [] and store.path(tree).exists()
@@ -456,15 +456,15 @@ def test_trees_live_in_ram_and_are_remade_only_when_a_step_needs_them(tmp_path):
     resized, log = build_with(64 << 20)
     assert [r.status for r in resized.report] == ["cached", "ran"]
     assert any("remaking flatten" in line for line in log)
-    assert store.path(tree).is_relative_to(tmp_path / "ram") and store.verify(tree, full=True)
+    assert store.path(tree).is_relative_to(ram_dir) and store.verify(tree, full=True)
     assert store.path(resized.output("ext4", "image")).stat().st_size == 64 << 20
 
 
-def test_failed_step_caches_nothing(tmp_path):
+def test_failed_step_caches_nothing(tmp_path, ram_dir):
     from banger import doit_runner, flatten
     from banger.store import Store
 
-    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    store = Store(tmp_path / "cache", volatile=ram_dir)
     path, mt, diff_id = blob(tmp_path, tar_bytes([file("ok", "x"), file("../evil", "x")]))
     desc = {"mediaType": mt, "digest": store.ingest_file(path, "sha256"), "size": 0}
     build = Build(store, log=lambda msg: None)
@@ -478,4 +478,4 @@ def test_failed_step_caches_nothing(tmp_path):
     assert "'../evil'" in build.error
     assert list(store.records()) == [] and list((store.root / "trees").iterdir()) == []
     assert list((store.root / "staging").iterdir()) == []
-    assert list((tmp_path / "ram" / "staging").iterdir()) == [] and list((tmp_path / "ram" / "trees").iterdir()) == []
+    assert list((ram_dir / "staging").iterdir()) == [] and list((ram_dir / "trees").iterdir()) == []

@@ -119,7 +119,7 @@ def test_a_write_deep_inside_a_tree_is_caught_before_a_step_reads_it(tmp_path):
     assert not store.path(d).exists()
 
 
-def test_trees_go_to_the_ram_dir_only_when_it_is_private_and_has_room(tmp_path, monkeypatch):
+def test_trees_go_to_the_ram_dir_only_when_it_is_private_and_has_room(tmp_path, monkeypatch, ram_dir):
     from banger import config
 
     monkeypatch.delenv(config.TREES_ENV, raising=False)
@@ -128,18 +128,18 @@ def test_trees_go_to_the_ram_dir_only_when_it_is_private_and_has_room(tmp_path, 
     monkeypatch.setenv(config.TREES_ENV, "cache")
     assert config.volatile_trees_dir(tmp_path / "cache") is None
 
-    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    store = Store(tmp_path / "cache", volatile=ram_dir)
     with store.tree_staging(1 << 20) as stage:
-        assert stage.is_relative_to(tmp_path / "ram")
+        assert stage.is_relative_to(ram_dir)
     with store.tree_staging(1 << 60) as stage:  # no room: the cache's own staging
         assert stage.is_relative_to(tmp_path / "cache" / "staging")
-    os.chmod(tmp_path / "ram", 0o777)  # not private (someone else could swap a tree): not used
+    os.chmod(ram_dir, 0o777)  # not private (someone else could swap a tree): not used
     with store.tree_staging(1 << 20) as stage:
         assert stage.is_relative_to(tmp_path / "cache" / "staging")
 
 
-def test_ram_dirs_of_deleted_cache_dirs_are_swept(tmp_path):
-    ram = tmp_path / "shm"
+def test_ram_dirs_of_deleted_cache_dirs_are_swept(tmp_path, ram_dir):
+    ram = ram_dir
     ram.mkdir()
     live_cache, gone_cache = tmp_path / "live", tmp_path / "gone"
     stores = {name: Store(cache, volatile=ram / f"banger-7-{name}") for name, cache in
@@ -154,14 +154,14 @@ def test_ram_dirs_of_deleted_cache_dirs_are_swept(tmp_path):
     assert sorted(p.name for p in ram.iterdir()) == ["banger-7-live", "banger-7-me"]
 
 
-def test_ram_staging_of_a_killed_build_is_swept(tmp_path):
+def test_ram_staging_of_a_killed_build_is_swept(tmp_path, ram_dir):
     import subprocess
 
-    store = Store(tmp_path / "cache", volatile=tmp_path / "ram")
+    store = Store(tmp_path / "cache", volatile=ram_dir)
     with store.tree_staging(1) as mine:
         dead = subprocess.Popen(["true"])
         dead.wait()
-        orphan = tmp_path / "ram" / "staging" / f"tree-{dead.pid}-abc"
+        orphan = ram_dir / "staging" / f"tree-{dead.pid}-abc"
         (orphan / "rootfs").mkdir(parents=True)
         store.evict_volatile_trees()
         assert mine.exists() and not orphan.exists()
