@@ -13,7 +13,8 @@ from typing import Iterator
 
 from . import digest as dg
 from . import images
-from .store import TREE, ActionRecord, Store, action_key, remove_tree
+from .fsutil import remove_tree
+from .store import TREE, ActionRecord, Store, action_key
 
 
 class CacheError(RuntimeError):

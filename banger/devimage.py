@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import requests
 
 from . import devregistry, oci_writer
-from .store import remove_tree
+from .fsutil import remove_tree
 
 # Bump when the recipe below (packages, clean-up, tar format) changes: cached images rebuild.
 RECIPE_VERSION = "2"

@@ -22,7 +22,8 @@ from .engine import Build, BuildError, StepRun
 from .oci_source import LayoutSource
 from .reference import LayoutReference, Reference, ReferenceError, parse
 from .spec import BuildSpec
-from .store import Store, StoreError, atomic_write
+from .fsutil import atomic_write
+from .store import Store, StoreError
 
 VERSION = "1"
 MAX_CONFIG_BYTES = 8 << 20

@@ -1,9 +1,14 @@
-"""File helpers shared by the steps that derive one disk image from another."""
+"""File helpers: atomic writes, private temporary dirs, tree removal, sparse image copies."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 FICLONE = 0x40049409
 
@@ -46,3 +51,35 @@ def first_difference(a: Path, b: Path, block: int = 4096) -> str | None:
                 return f"first difference in {block}-byte block {(offset + first) // block}"
             offset += len(x)
     return None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also copes with read-only directories an extraction left behind."""
+    def onerror(func, p, exc):
+        parent = os.path.dirname(p)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            func(p)
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .spec import NAME_RE
-from .store import Store, atomic_write
+from .fsutil import atomic_write
+from .store import Store
 
 
 class ImageError(LookupError):

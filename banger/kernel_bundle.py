@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 from . import config, kmod, vmlinux
 from . import digest as dg
-from .store import atomic_write, remove_tree
+from .fsutil import atomic_write, remove_tree
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_KERNEL = "debian-cloud-amd64"  # what `kernel pull debian:cloud-amd64` installs

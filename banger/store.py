@@ -9,11 +9,7 @@ Layout under the cache dir:
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
 
-Trees can instead live in a RAM-backed directory (`volatile`, see config.volatile_trees_dir), with
-its own staging/: they are intermediates (a flattened image is only read by the ext4 step),
-extracting ~9k files onto a disk costs several seconds of metadata writes where tmpfs takes a
-fraction of one, and a tree that is gone (reboot, eviction) is remade from its cached layers
-when a step needs it (engine.Build.materialize). Records never depend on a tree being present.
+Trees are made in RAM instead when the store is given a RAM dir (see ram_trees.py).
 """
 from __future__ import annotations
 
@@ -21,17 +17,15 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import stat
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from . import digest as dg
+from .fsutil import atomic_write, remove_tree, temp_dir
+from .ram_trees import TREE, RamTrees
 
-TREE = "tree+"  # prefix that marks a directory artifact's digest
 
 
 class StoreError(Exception):
@@ -97,7 +91,7 @@ class Store:
         self.root = Path(root)
         for sub in ("blobs", "trees", "actions", "stamps", "locks", "staging", "images"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.volatile = volatile  # RAM-backed home for trees, created on first use
+        self.ram = RamTrees(Path(volatile), self.root) if volatile else None
         self._trusted: set[str] = set()  # digests fully verified in this process
 
     # ---- paths -------------------------------------------------------------------------------
@@ -110,7 +104,7 @@ class Store:
         return self.root / "blobs" / alg / hexpart
 
     def tree_homes(self) -> list[Path]:
-        return ([self.volatile / "trees"] if self.volatile else []) + [self.root / "trees"]
+        return ([self.ram.trees] if self.ram else []) + [self.root / "trees"]
 
     def _stamp(self, digest: str) -> Path:
         alg, hexpart = dg.split(digest.removeprefix(TREE))
@@ -120,87 +114,19 @@ class Store:
     @contextlib.contextmanager
     def staging(self, prefix: str = "work-") -> Iterator[Path]:
         """A private directory on the store's filesystem, removed whatever happens."""
-        with _temp_dir(self.root / "staging", prefix) as path:
+        with temp_dir(self.root / "staging", prefix) as path:
             yield path
 
     def tree_staging(self, expected_bytes: int) -> contextlib.AbstractContextManager[Path]:
-        """Staging for a new tree: in the volatile dir if it has room for `expected_bytes` while
-        keeping a quarter of it free (RAM is shared with everything else), else in the cache."""
-        home = self._volatile_home()
-        if home is not None:
-            fs = os.statvfs(home)
-            if (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize >= expected_bytes:
-                return _temp_dir(home / "staging", f"tree-{os.getpid()}-")
-        return self.staging("tree-")
-
-    def _volatile_home(self) -> Path | None:
-        """The volatile dir, made private (0700, ours, not a symlink), or None if it can't be."""
-        if self.volatile is None:
-            return None
-        try:
-            for d in (self.volatile, self.volatile / "staging", self.volatile / "trees"):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(d, 0o700)
-                st = os.lstat(d)
-                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-                    return None
-            if not (self.volatile / "cache-dir").exists():  # see _sweep_orphaned_volatile_dirs
-                atomic_write(self.volatile / "cache-dir", str(self.root).encode())
-        except OSError:
-            return None
-        return self.volatile
+        """Staging for a new tree: in RAM when there is room for it, else in the cache."""
+        return (self.ram and self.ram.staging(expected_bytes)) or self.staging("tree-")
 
     def evict_volatile_trees(self, keep: Iterable[str] = ()) -> list[str]:
-        """Free the RAM of every volatile tree but `keep` (the ones the current build used) and
-        of volatile dirs whose cache dir is gone; a tree a step is reading (see `using`) stays."""
-        if self.volatile is None or not (self.volatile / "trees").is_dir():
-            return []
-        keep = set(keep)
-        evicted = []
-        for alg in (self.volatile / "trees").iterdir():
-            for t in alg.iterdir():
-                d = f"{TREE}{alg.name}:{t.name}"
-                if d in keep:
-                    continue
-                with open(self._use_lock(d), "a") as f:
-                    try:
-                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                    self.remove(d)
-                evicted.append(d)
-        for stage in (self.volatile / "staging").glob("tree-*-*"):  # left by a killed build
-            with contextlib.suppress(ValueError, OSError):
-                if not _alive(int(stage.name.split("-")[1])):
-                    remove_tree(stage)
-        self._sweep_orphaned_volatile_dirs()
-        return evicted
+        return self.ram.evict(keep, self.remove) if self.ram else []
 
-    def _sweep_orphaned_volatile_dirs(self) -> None:
-        """Volatile dirs are named <prefix>-<id of the cache dir> and name their cache dir in
-        `cache-dir`; a sibling whose cache dir was deleted would hold RAM until reboot."""
-        assert self.volatile is not None
-        prefix = self.volatile.name.rpartition("-")[0]
-        if not prefix:
-            return
-        for sibling in self.volatile.parent.glob(f"{prefix}-*"):
-            owner = sibling / "cache-dir"
-            with contextlib.suppress(OSError):
-                if sibling.lstat().st_uid == os.getuid() and owner.is_file() \
-                        and not Path(owner.read_text()).is_dir():
-                    remove_tree(sibling)
-
-    @contextlib.contextmanager
-    def using(self, digests: Iterable[str]) -> Iterator[None]:
-        """Shared locks that keep eviction away from trees a step is reading."""
-        with contextlib.ExitStack() as stack:
-            for d in sorted(set(digests)):
-                f = stack.enter_context(open(self._use_lock(d), "a"))
-                fcntl.flock(f, fcntl.LOCK_SH)
-            yield
-
-    def _use_lock(self, digest: str) -> Path:
-        return self.root / "locks" / f"use-{dg.split(digest.removeprefix(TREE))[1]}.lock"
+    def using(self, trees: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """Keeps eviction away from trees a step is reading."""
+        return self.ram.using(trees) if self.ram else contextlib.nullcontext()
 
     # ---- ingest ------------------------------------------------------------------------------
     def ingest_stream(self, chunks: Iterable[bytes], expected: str | None = None,
@@ -236,8 +162,8 @@ class Store:
         if self.path(digest).exists():
             remove_tree(path)
         else:
-            in_volatile = self.volatile is not None and path.is_relative_to(self.volatile)
-            home = self.tree_homes()[0 if in_volatile else -1]  # rename: the same filesystem
+            in_ram = self.ram is not None and path.is_relative_to(self.ram.root)
+            home = self.tree_homes()[0 if in_ram else -1]  # rename: the same filesystem
             dest = home.joinpath(*dg.split(digest[len(TREE):]))
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, dest)
@@ -390,45 +316,3 @@ class Store:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
-        yield path
-    finally:
-        remove_tree(path)
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also copes with read-only directories an extraction left behind."""
-    def onerror(func, p, exc):
-        parent = os.path.dirname(p)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            func(p)
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)

@@ -33,7 +33,7 @@ def registry(tmp_path_factory):
 def ram_dir() -> Path:
     """A not-yet-existing directory on the real /dev/shm (tmpfs), removed afterwards."""
     from banger import config
-    from banger.store import remove_tree
+    from banger.fsutil import remove_tree
 
     if not (config.SHM.is_dir() and os.access(config.SHM, os.W_OK)):
         pytest.skip("no writable /dev/shm on this host")

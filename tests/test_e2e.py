@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from banger.config import volatile_trees_dir
-from banger.store import remove_tree
+from banger.fsutil import remove_tree
 from tests.support_tools import REPO, need
 
 pytestmark = pytest.mark.slow
