@@ -11,7 +11,8 @@ image without systemd, one /etc/inittab line that runs sysv-boot.sh (busybox ini
 
 For a fast boot under emulation (where every exec costs a third of a second), a systemd image also
 gets a drop-in that starts sshd without waiting for basic.target (SSHD_EARLY_DROP_INS), one that
-runs udev's coldplug after sshd started (UDEV_TRIGGER_DROP_IN), and the generators that cannot
+runs udev's coldplug after sshd started (UDEV_TRIGGER_DROP_IN; not when the image's network
+setup itself waits for coldplug, e.g. ifupdown), and the generators that cannot
 apply to a banger VM are masked (MASKED_GENERATORS).
 
 The assets digest covers the template bytes and every render parameter except the SSH key
@@ -56,6 +57,9 @@ SSHD_UNITS = ("ssh.service", "sshd.service")  # Debian/Ubuntu's name, everyone e
 SSHD_EARLY_DROP_INS = tuple(f"/etc/systemd/system/{unit}.d/banger-{unit.removesuffix('.service')}-early.conf"
                             for unit in SSHD_UNITS)
 UDEV_TRIGGER_DROP_IN = "/etc/systemd/system/systemd-udev-trigger.service.d/banger-after-sshd.conf"
+# units that run after udev's coldplug and before network.target (ifupdown's pre-step waits for
+# coldplug so that the interfaces it configures exist); with one of them, no UDEV_TRIGGER_DROP_IN
+COLDPLUG_BEFORE_NETWORK = ("ifupdown-pre.service",)
 # Masked with /dev/null links (systemd.generator(7)); each costs ~0.3-0.5 s of an emulated vCPU at
 # every boot and has nothing to do in a VM whose one disk is a whole-disk ext4 root named by root=:
 # no GPT to auto-mount, no swap to resume from, no crypttab/integritytab/veritytab devices, no
@@ -104,6 +108,9 @@ class ImageLayout:
     lib_dir: str = "/usr/lib"  # the dir holding systemd/system: /usr/lib, or /lib without merged /usr
     has_sshd: bool = False
     inittab: bytes | None = None  # current /etc/inittab, for the inittab hook
+    # a unit of the image (COLDPLUG_BEFORE_NETWORK) orders network.target after udev's coldplug,
+    # and sshd waits for network.target: coldplug then cannot wait for sshd (an ordering cycle)
+    coldplug_before_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,8 @@ def render(network: NetworkSettings, ssh_pubkey: str, layout: ImageLayout,
         add(GuestFile(f"{layout.lib_dir}/systemd/system-preset/{PRESET}", 0o644, text(f"{PRESET}.j2")))
         for unit, drop_in in zip(SSHD_UNITS, SSHD_EARLY_DROP_INS):
             add(GuestFile(drop_in, 0o644, text("sshd-early.conf.j2", unit)))
-        add(GuestFile(UDEV_TRIGGER_DROP_IN, 0o644, text("udev-trigger-after-sshd.conf.j2")))
+        if not layout.coldplug_before_network:
+            add(GuestFile(UDEV_TRIGGER_DROP_IN, 0o644, text("udev-trigger-after-sshd.conf.j2")))
         for generator in MASKED_GENERATORS:
             assets.links.append(GuestLink(f"{GENERATOR_MASK_DIR}/{generator}", "/dev/null"))
     elif layout.init in INITTAB_LINES:

@@ -23,8 +23,8 @@ from typing import Iterator
 from . import debugfs, e2fs, fsutil
 from . import digest as dg
 from .engine import Build, BuildError, StepRun, step_task
-from .guest_assets import (AssetError, GuestAssets, ImageLayout, NetworkSettings, assets_digest,
-                           inittab_style, render)
+from .guest_assets import (COLDPLUG_BEFORE_NETWORK, AssetError, GuestAssets, ImageLayout, NetworkSettings,
+                           assets_digest, inittab_style, render)
 from .spec import BuildSpec
 
 STEP_VERSION = "2"
@@ -69,8 +69,10 @@ def stat_paths(image: Path, paths: list[str]) -> dict[str, Entry | None]:
 
 def probe_layout(image: Path, scratch: Path) -> ImageLayout:
     """Which init system the image has, where its units go, and whether sshd is installed."""
+    coldplug_waiters = [f"{d}/systemd/system/{unit}" for d in ("/etc", "/usr/lib", "/lib")
+                        for unit in COLDPLUG_BEFORE_NETWORK]
     paths = [*SYSTEMD_BINARIES, "/usr/lib/systemd/system", "/lib/systemd/system", *SSHD_BINARIES,
-             "/etc/inittab", "/sbin/init"]
+             "/etc/inittab", "/sbin/init", *coldplug_waiters]
     found = stat_paths(image, paths)
     has_sshd = any(found[p] for p in SSHD_BINARIES)
     if any(found[p] for p in SYSTEMD_BINARIES):
@@ -78,7 +80,8 @@ def probe_layout(image: Path, scratch: Path) -> ImageLayout:
             return found[path] is not None and found[path].type == "directory"
 
         lib_dir = "/lib" if is_dir("/lib/systemd/system") and not is_dir("/usr/lib/systemd/system") else "/usr/lib"
-        return ImageLayout("systemd", lib_dir, has_sshd)
+        return ImageLayout("systemd", lib_dir, has_sshd,
+                           coldplug_before_network=any(found[p] for p in coldplug_waiters))
     if found["/etc/inittab"] and found["/etc/inittab"].type == "regular":
         copy = scratch / "inittab"
         debugfs.run(image, [f"dump /etc/inittab {debugfs.quote(str(copy))}"])

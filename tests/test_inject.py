@@ -365,3 +365,20 @@ def test_fsck_rejects_a_damaged_image(tmp_path):
     debugfs.run(image, ["sif /etc/os-release links_count 3"], write=True)
     with pytest.raises(e2fs.E2fsError, match=r"e2fsck found a problem .*nothing was cached"):
         e2fs.fsck(image)
+
+
+def test_coldplug_stays_unordered_when_the_network_waits_for_it(tmp_path):
+    """ifupdown: ifupdown-pre.service runs after udev's coldplug and before network.target, which
+    ssh.service follows; ordering coldplug after sshd would make a cycle systemd breaks at random."""
+    plain = debian_like(tmp_path, name="plain.ext4")
+    layout, _ = do_inject(plain, tmp_path)
+    assert not layout.coldplug_before_network and exists(plain, ga.UDEV_TRIGGER_DROP_IN)
+    with_ifupdown = make_image(tmp_path, {
+        "usr/lib/systemd/systemd": "placeholder",
+        "usr/lib/systemd/system/ssh.service": "[Unit]\nAfter=network.target\n",
+        "usr/lib/systemd/system/ifupdown-pre.service": "[Unit]\nAfter=systemd-udev-trigger.service\n",
+    }, dirs=("etc/systemd/system",), links={"lib": "usr/lib"}, name="ifupdown.ext4")
+    layout, _ = do_inject(with_ifupdown, tmp_path)
+    assert layout.coldplug_before_network and not exists(with_ifupdown, ga.UDEV_TRIGGER_DROP_IN)
+    for drop_in in ga.SSHD_EARLY_DROP_INS:  # sshd still starts early
+        assert exists(with_ifupdown, drop_in)
