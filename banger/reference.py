@@ -49,12 +49,7 @@ class Reference:
         return image_name(f"{base}-{suffix}")
 
     def __str__(self) -> str:
-        text = f"{self.registry}/{self.repository}"
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
+        return _with_tag_and_digest(f"{self.registry}/{self.repository}", self.tag, self.digest)
 
 
 @dataclass(frozen=True)
@@ -79,12 +74,11 @@ class LayoutReference:
         return image_name(base)
 
     def __str__(self) -> str:
-        text = f"{LAYOUT_PREFIX}{self.path}"
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
+        return _with_tag_and_digest(f"{LAYOUT_PREFIX}{self.path}", self.tag, self.digest)
+
+
+def _with_tag_and_digest(text: str, tag: str | None, digest: str | None) -> str:
+    return text + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
 
 
 def image_name(text: str) -> str:
