@@ -196,14 +196,7 @@ def lz4_block(src: bytes, limit: int) -> bytearray:
         while True:
             token = src[i]
             i += 1
-            lit = token >> 4
-            if lit == 15:
-                while True:
-                    b = src[i]
-                    i += 1
-                    lit += b
-                    if b != 255:
-                        break
+            lit, i = _lz4_length(src, i, token >> 4)
             if lit:
                 out += src[i: i + lit]
                 i += lit
@@ -211,14 +204,7 @@ def lz4_block(src: bytes, limit: int) -> bytearray:
                 break
             offset = src[i] | (src[i + 1] << 8)
             i += 2
-            length = token & 15
-            if length == 15:
-                while True:
-                    b = src[i]
-                    i += 1
-                    length += b
-                    if b != 255:
-                        break
+            length, i = _lz4_length(src, i, token & 15)
             length += 4
             start = len(out) - offset
             if offset == 0 or start < 0:
@@ -234,6 +220,18 @@ def lz4_block(src: bytes, limit: int) -> bytearray:
     except IndexError:
         raise VmlinuxError("truncated lz4 block") from None
     return out
+
+
+def _lz4_length(src: bytes, i: int, length: int) -> tuple[int, int]:
+    """A token's 4-bit length; 15 continues in the following bytes (each adds up to 255)."""
+    if length == 15:
+        while True:
+            b = src[i]
+            i += 1
+            length += b
+            if b != 255:
+                break
+    return length, i
 
 
 DECODERS: dict[str, Callable[[memoryview], Iterator[bytes]]] = {
