@@ -6,12 +6,12 @@ from pathlib import Path
 
 from doit import get_var
 
-from banger import pipeline
-from banger.build import new_build, record_image, summary_lines
-from banger.config import CACHE_ENV, default_dirs
-from banger.doit_runner import doit_config
-from banger.engine import BuildError
-from banger.spec import KEYS, SpecError, parse_words
+from banger.steps import pipeline
+from banger.app.build import new_build, record_image, summary_lines
+from banger.core.config import CACHE_ENV, default_dirs
+from banger.engine.doit_runner import doit_config
+from banger.core.errors import BuildError
+from banger.engine.spec import KEYS, SpecError, parse_words
 
 CACHE = Path(__file__).resolve().parent / "cache"
 _builds: list = []

@@ -1,3 +1,3 @@
-from .cli import main
+from banger.cli.main import main
 
 main()

@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__  # relative: setup.py loads this file inside a stub package
 
 BAKED = Path(__file__).with_name("_build_info.json")
 

@@ -26,14 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from banger import boot, config, hypervisor, kvm, vm as vmmod
-from banger.config import Dirs
+from banger.steps import boot
+from banger.core import config
+from banger.hypervisor import backends, choice as hypervisor, kvm, vm as vmmod
+from banger.core.config import Dirs
 
 
 def kernel_only(kernel: Path, choice: hypervisor.Choice, state: Path, cmdline: str) -> dict[str, float]:
     t: dict[str, float] = {}
     start = time.perf_counter()
-    vm = vmmod.create(choice, vmmod.VMConfig(kernel=kernel, run_dir=vmmod.new_run_dir(state),
+    vm = backends.create(choice, vmmod.VMConfig(kernel=kernel, run_dir=vmmod.new_run_dir(state),
                                              cmdline=f"panic=-1 {cmdline}".strip()))
     with vm:
         t["vmm_started"] = time.perf_counter() - start

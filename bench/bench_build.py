@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from banger import devimage  # noqa: E402
+from banger.devtools import debian_image as devimage  # noqa: E402
 from bench.peer_pipeline import format_table, measure_peer, summarize  # noqa: E402
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from banger import e2fs, ext4, fsmeta, ownership  # noqa: E402
+from banger.rootfs import e2fs
+from banger.steps import ext4, ownership
+from banger.oci import fsmeta  # noqa: E402
 
 SPECIAL = {stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "sock"}
 

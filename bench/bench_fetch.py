@@ -21,16 +21,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from banger import devregistry, oci_writer  # noqa: E402
+from banger.devtools import registry as devregistry, oci_writer  # noqa: E402
 
 BANGER_PULL = """
 import sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from banger import fetch
-from banger.engine import Build
-from banger.spec import BuildSpec
-from banger.store import Store
+from banger.core.store import Store
+from banger.engine.spec import BuildSpec
+from banger.engine.tasks import Build
+from banger.steps import fetch
 build = Build(Store(Path(sys.argv[1])), log=lambda m: None)
 build.context["config"] = {{}}
 image = fetch.resolve(build, BuildSpec(image=sys.argv[2]))

@@ -27,12 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from banger.oci_writer import MT_LAYER, Layer, write_image, write_index  # noqa: E402
+from banger.devtools.oci_writer import MT_LAYER, Layer, write_image, write_index  # noqa: E402
 
 FLATTEN = """
 import sys
 from pathlib import Path
-from banger.flatten import flatten_layers
+from banger.steps.flatten import flatten_layers
 blob, media_type, diff_id, out = sys.argv[1:5]
 print(flatten_layers([(Path(blob), media_type, diff_id)], Path(out) / "rootfs", Path(out) / "fsmeta.jsonl"))
 """

@@ -13,8 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from banger import fsutil, guest_assets as ga, inject, sshkey
-from banger.store import Store
+from banger.core import fsutil
+from banger.rootfs import guest_assets as ga, sshkey
+from banger.steps import inject
+from banger.core.store import Store
 
 
 def once(image: Path, work: Path) -> dict[str, float]:

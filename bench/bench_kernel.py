@@ -18,7 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from banger import config, initrd, kernel_deb, kmod, stage_kernel, vmlinux  # noqa: E402
+from banger.core import config
+from banger.kernel import initrd, debian as kernel_deb, kmod, vmlinux
+from banger.steps import stage_kernel  # noqa: E402
 
 
 def timed(label: str, results: dict, fn, *args, **kwargs):

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = None
     ref = args.ref
     if ref is None:
-        from banger import devimage
+        from banger.devtools import debian_image as devimage
 
         registry, ref = devimage.ensure_demo_image(args.cache_dir, slim=not args.full)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from banger import devregistry
+from banger.devtools import registry as devregistry
 from tests.support_tools import FIXTURE_CACHE, REPO, need  # noqa: F401  (re-exported for tests)
 from tests.support_images import debian_image_ref, debian_layout  # noqa: F401,E402  (session fixtures)
 from tests.support_kernel import busybox_static, debian_bundle, debian_kernel_deb  # noqa: F401,E402
@@ -32,8 +32,8 @@ def registry(tmp_path_factory):
 @pytest.fixture
 def ram_dir() -> Path:
     """A not-yet-existing directory on the real /dev/shm (tmpfs), removed afterwards."""
-    from banger import config
-    from banger.fsutil import remove_tree
+    from banger.core import config
+    from banger.core.fsutil import remove_tree
 
     if not (config.SHM.is_dir() and os.access(config.SHM, os.W_OK)):
         pytest.skip("no writable /dev/shm on this host")

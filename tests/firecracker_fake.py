@@ -32,11 +32,10 @@ PRE_BOOT_ONLY = {"/boot-source", "/drives/{drive_id}", "/machine-config", "/netw
 
 
 def spec_path() -> Path:
-    """The official spec: $BANGER_FIRECRACKER_SPEC, else ../shared/reference next to the repo."""
+    """The official spec: $BANGER_FIRECRACKER_SPEC, else the copy vendored in tests/data/."""
     if os.environ.get(SPEC_ENV):
         return Path(os.environ[SPEC_ENV])
-    repo = Path(__file__).resolve().parent.parent
-    return repo.parent / "shared" / "reference" / "firecracker-api.yaml"
+    return Path(__file__).resolve().parent / "data" / "firecracker-api.yaml"
 
 
 class SpecViolation(ValueError):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from banger import devimage
+from banger.devtools import debian_image as devimage, debootstrap
 from tests.support_tools import need
 
-DEBIAN_TAG = devimage.DEFAULT_SUITE  # the tag inside the layout and in the registry
+DEBIAN_TAG = debootstrap.DEFAULT_SUITE  # the tag inside the layout and in the registry
 DEBIAN_REPO = devimage.DEMO_REPO
 
 
@@ -27,8 +27,8 @@ def debian_layout(fixture_cache: Path) -> Path:
     """OCI layout dir whose tag `bookworm` is a real Debian bookworm (systemd, udev, sshd) image."""
     layout = debian_layout_path(fixture_cache)
     source = fixture_cache / "debian-src"
-    key = devimage.recipe_key(devimage.DEFAULT_SUITE, devimage.DEFAULT_INCLUDE, devimage._dpkg_arch())
-    if not (source / f"debian-{devimage.DEFAULT_SUITE}-{key}.tar").exists() and not _layout_current(layout, key):
+    key = devimage.recipe_key(debootstrap.DEFAULT_SUITE, debootstrap.DEFAULT_INCLUDE, devimage._dpkg_arch())
+    if not (source / f"debian-{debootstrap.DEFAULT_SUITE}-{key}.tar").exists() and not _layout_current(layout, key):
         need("debootstrap", "apt-get")
         if os.geteuid() != 0:
             pytest.skip("the Debian fixture image is not cached yet and debootstrap needs root: "

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from banger import config, kernel_deb
-from banger.kernel_bundle import Bundle, KernelError
+from banger.core import config
+from banger.kernel import apt, debian as kernel_deb
+from banger.kernel.bundle import Bundle, KernelError
 from tests.support_tools import need
 
 FLAVOUR = "cloud-amd64"
@@ -94,7 +95,7 @@ def _cached_deb(cache: Path, package: str) -> Path:
     tmp = cache / f".download-{package}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    deb = kernel_deb.apt_download(package, tmp)
+    deb = apt.apt_download(package, tmp)
     final = cache / deb.name
     deb.rename(final)
     shutil.rmtree(tmp)
@@ -107,7 +108,7 @@ def debian_kernel_deb(fixture_cache) -> Path:
     cache = fixture_cache / "kernel"
     cache.mkdir(exist_ok=True)
     try:
-        package = kernel_deb.resolve_image_package(FLAVOUR)
+        package = apt.resolve_image_package(FLAVOUR)
     except KernelError:
         cached = sorted(cache.glob(f"linux-image-*-{FLAVOUR}_*.deb"))
         if not cached:
@@ -127,7 +128,7 @@ def busybox_static(fixture_cache, tmp_path_factory) -> Path:
     cache.mkdir(exist_ok=True)
     deb = _cached_deb(cache, "busybox-static")
     tree = tmp_path_factory.mktemp("busybox")
-    kernel_deb.deb_extract(deb, tree)
+    apt.deb_extract(deb, tree)
     return tree / "bin" / "busybox"
 
 

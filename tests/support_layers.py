@@ -8,7 +8,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.oci_writer import MT_LAYER
+from banger.devtools.oci_writer import MT_LAYER
 
 CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # setcap cap_net_raw+ep
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from banger import oci_writer
+from banger.devtools import oci_writer
 
 
 def make_tar(path: Path, files: dict[str, bytes]) -> Path:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from banger.config import volatile_trees_dir
-from banger.fsutil import remove_tree
+from banger.core.config import volatile_trees_dir
+from banger.core.fsutil import remove_tree
 from tests.support_tools import REPO, need
 
 pytestmark = pytest.mark.slow

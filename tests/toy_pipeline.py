@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from banger import doit_runner  # noqa: E402
-from banger.engine import Build, step_task  # noqa: E402
-from banger.store import Store  # noqa: E402
+from banger.engine import doit_runner  # noqa: E402
+from banger.engine.tasks import Build, step_task  # noqa: E402
+from banger.core.store import Store  # noqa: E402
 
 STEPS = ("one", "two", "three", "four")
 

@@ -1,0 +1,4 @@
+"""What the front ends call (the CLI today, the UI later): run, explain and --check a build
+(build.py, check.py), manage the cache (cache.py), the demo (demo.py) and `doctor`.
+May import: banger.steps, banger.engine, the domain packages and banger.core; never banger.cli.
+"""

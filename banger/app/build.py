@@ -1,0 +1,144 @@
+"""One `banger build`: run the pipeline through doit, name the result, summarise it."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from banger.engine import doit_runner
+from banger.core import images
+from banger.steps import pipeline
+from banger.core.config import Dirs
+from banger.engine.tasks import Build
+from banger.core.errors import BuildError
+from banger.engine.spec import BuildSpec
+from banger.core.store import TREE, Store
+
+
+def new_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
+    build = Build(Store(dirs.cache, dirs.trees), log)
+    build.context["dirs"] = dirs
+    build.context["spec"] = spec
+    return build
+
+
+def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> images.ImageRecord:
+    return record_image(execute(spec, dirs, log), spec)
+
+
+def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
+    """Run every step (cached ones cost a lookup); raises BuildError with one line on failure."""
+    build = new_build(spec, dirs, log)
+    task_dicts = list(pipeline.tasks(build, spec))  # resolves the image; errors here are one line
+    dep_file = build.store.root / "staging" / f"doit-{os.getpid()}.json"
+    try:
+        code = doit_runner.run(build, lambda: (t for t in task_dicts), dep_file)
+    finally:
+        for p in dep_file.parent.glob(dep_file.name + "*"):
+            p.unlink(missing_ok=True)
+        build.store.evict_volatile_trees(keep=[d for r in build.records.values()
+                                               for d in r.outputs.values() if d.startswith(TREE)])
+    if code != 0:
+        raise BuildError(build.error or f"build failed (doit exit code {code})")
+    return build
+
+
+def artifacts_of(build: Build) -> dict[str, str]:
+    artifacts: dict[str, str] = {}
+    for step in ("ext4", "ownership", "inject"):
+        if step in build.records:
+            artifacts["rootfs"] = build.records[step].outputs["image"]
+    if "stage-kernel" in build.records:
+        artifacts.update(build.records["stage-kernel"].outputs)
+    if "boot" in build.records:
+        artifacts["boot-result"] = build.records["boot"].outputs["result"]
+    return artifacts
+
+
+def record_image(build: Build, spec: BuildSpec) -> images.ImageRecord:
+    resolved = build.context["image"]
+    artifacts = artifacts_of(build)
+    rootfs = artifacts.get("rootfs")
+    record = images.ImageRecord(
+        name=spec.name or resolved.name,
+        ref=resolved.ref,
+        digest=resolved.manifest_digest,
+        built_at=time.time(),
+        artifacts=artifacts,
+        steps=[{"step": r.step, "status": r.status, "seconds": r.seconds, "key": r.key}
+               for r in build.report],
+        rootfs_size=build.store.path(rootfs).stat().st_size if rootfs else 0,
+        platform=getattr(resolved, "platform", ""),
+        # manifests are in the store too; gc keeps them so an offline rebuild still resolves
+        extra={"index_digest": getattr(resolved, "index_digest", None)},
+    )
+    images.save(build.store, record)
+    return record
+
+
+def summary_lines(record: images.ImageRecord, store: Store) -> list[str]:
+    lines = [f"image {record.name}  ({record.ref} @ {record.digest[:19]}…)"]
+    width = max((len(s["step"]) for s in record.steps), default=4)
+    for s in record.steps:
+        lines.append(f"  {s['step']:<{width}}  {s['status']:<6}  {s['seconds']:7.2f} s")
+    total = sum(s["seconds"] for s in record.steps)
+    lines.append(f"  {'total':<{width}}  {'':<6}  {total:7.2f} s")
+    for name, digest in record.artifacts.items():
+        lines.append(f"  {name}: {store.path(digest)}")
+    return lines
+
+
+def explain(spec: BuildSpec, dirs: Dirs) -> list[dict]:
+    """Per step: cached or will-run, and why (which input changed since the image's last build)."""
+    build = new_build(spec, dirs, log=lambda msg: None)
+    for _ in pipeline.tasks(build, spec):
+        pass  # creating the tasks registers the steps (and resolves the image)
+    previous = _previous_keys(build, spec)
+    out = []
+    blocked: str | None = None
+    for name, step in build.steps.items():
+        if blocked:
+            out.append({"step": name, "status": "will-run", "why": f"its input comes from {blocked}, which will run"})
+            continue
+        try:
+            parts = step.key_parts()
+        except BuildError:
+            out.append({"step": name, "status": "will-run", "why": "an input it needs is not built yet"})
+            continue
+        record = build.lookup(step)
+        if record is not None:
+            build.records[name] = record
+            out.append({"step": name, "status": "cached", "why": f"record {record.key[:12]} is in the store"})
+            continue
+        out.append({"step": name, "status": "will-run", "why": _why(build, name, parts, previous)})
+        blocked = name
+    return out
+
+
+def _previous_keys(build: Build, spec: BuildSpec) -> dict[str, str]:
+    resolved = build.context.get("image")
+    name = spec.name or getattr(resolved, "name", None)
+    try:
+        return {s["step"]: s["key"] for s in images.load(build.store, name).steps} if name else {}
+    except images.ImageError:
+        return {}
+
+
+def _why(build: Build, name: str, parts: dict, previous: dict[str, str]) -> str:
+    old = build.store.get_record(previous[name]) if name in previous else None
+    if old is None:
+        return "never built with these inputs"
+    changed = []
+    for section in ("inputs", "params", "tools"):
+        before, after = getattr(old, section), parts[section]
+        for k in sorted(set(before) | set(after)):
+            if before.get(k) != after.get(k):
+                changed.append(f"{section[:-1] if section != 'params' else 'param'} {k}: {_short(before.get(k))} -> {_short(after.get(k))}")
+    if not changed and old.step_version != build.steps[name].version:
+        changed.append(f"step version {old.step_version} -> {build.steps[name].version}")
+    return "; ".join(changed) or "its outputs are missing or failed verification"
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 30 else text[:27] + "..."

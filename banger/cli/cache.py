@@ -1,0 +1,99 @@
+"""`banger cache ...`: list, size, verify, gc, export and import the artifact cache."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from banger.cli.common import dirs, emit, fail, store
+
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and manage the artifact cache.")
+
+
+@cache_app.command("ls")
+def cache_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List every artifact: digest, size, last use, referenced by a named image or not."""
+    from banger.app.cache import entries
+    from banger.core.progress import human_bytes
+
+    rows = entries(store())
+    emit([e.__dict__ for e in rows], as_json,
+         [f"{e.digest[:30]:<30}  {human_bytes(e.size):>10}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_used))}"
+          f"  {'image' if e.referenced else '-'}" for e in rows])
+
+
+@cache_app.command("du")
+def cache_du(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Total size of the cache, and how much of it named images keep."""
+    from banger.app.cache import entries
+    from banger.core.progress import human_bytes
+
+    rows = entries(store())
+    total = sum(e.size for e in rows)
+    kept = sum(e.size for e in rows if e.referenced)
+    emit({"total": total, "referenced": kept, "artifacts": len(rows), "path": str(dirs().cache)}, as_json,
+         [f"{human_bytes(total)} in {len(rows)} artifacts ({human_bytes(kept)} kept by named images) at {dirs().cache}"])
+
+
+@cache_app.command("verify")
+def cache_verify(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Rehash every artifact; corrupt ones are removed so the next build remakes them."""
+    from banger.app.cache import verify_all
+
+    good, bad = verify_all(store())
+    emit({"ok": len(good), "corrupt": bad}, as_json,
+         [f"{len(good)} artifacts ok"] + [f"corrupt (removed): {d}" for d in bad])
+    if bad:
+        raise typer.Exit(1)
+
+
+@cache_app.command("gc")
+def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size", help="e.g. 20G"),
+             max_age: Optional[float] = typer.Option(None, "--max-age", help="days"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Evict what no named image references (older than --max-age, then LRU down to --max-size)."""
+    from banger.app.cache import gc
+    from banger.core.progress import human_bytes
+    from banger.engine.spec import SpecError, parse_size
+
+    try:
+        limit = parse_size(max_size) if max_size else None
+    except SpecError as exc:
+        fail(str(exc).replace("size=", "--max-size "))
+    result = gc(store(), limit, max_age)
+    lines = [f"evicted {result['evicted']} artifacts, freed {human_bytes(result['freed'])}; "
+             f"cache is {human_bytes(result['size'])}"]
+    if result["over_limit"]:
+        lines.append("still over --max-size: named images alone need more (`banger image rm` some)")
+    emit(result, as_json, lines)
+
+
+@cache_app.command("export")
+def cache_export(file: Path, image: str = typer.Option(..., "--image", help="named image to export"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Write one image's artifacts and records to FILE (.tar.zst) for `cache import` elsewhere."""
+    from banger.app.cache import CacheError, export_image
+    from banger.core.images import ImageError
+
+    try:
+        result = export_image(store(), image, file)
+    except (CacheError, ImageError) as exc:
+        fail(str(exc))
+    emit(result, as_json, [f"exported {image}: {result['artifacts']} artifacts, {result['records']} records -> {file}"])
+
+
+@cache_app.command("import")
+def cache_import(file: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Load an export made by `cache export`; everything is re-verified before it is used."""
+    from banger.app.cache import CacheError, import_file
+
+    if not file.is_file():
+        fail(f"{file}: no such file; give the path of a `banger cache export` archive")
+    try:
+        result = import_file(store(), file)
+    except (CacheError, OSError, ValueError) as exc:
+        fail(f"import of {file} failed: {exc}")
+    emit(result, as_json, [f"imported {result['artifacts']} artifacts, {result['records']} records, "
+                           f"images: {', '.join(result['images']) or '-'}"])

@@ -1,0 +1,49 @@
+"""`banger image ...`: the named images `banger build` made."""
+from __future__ import annotations
+
+import time
+
+import typer
+
+from banger.cli.common import emit, fail, store
+
+image_app = typer.Typer(no_args_is_help=True, help="Named images built by `banger build`.")
+
+
+@image_app.command("list")
+def image_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Name, ref, digest, rootfs size, built at."""
+    from banger.core.images import all_images
+    from banger.core.progress import human_bytes
+
+    s = store()
+    rows = [{"name": i.name, "ref": i.ref, "digest": i.digest, "rootfs_size": i.rootfs_size,
+             "built_at": i.built_at} for i in all_images(s)]
+    emit(rows, as_json, [f"{r['name']:<24} {r['ref']:<40} {r['digest'][:19]}  {human_bytes(r['rootfs_size']):>10}  "
+                         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['built_at']))}" for r in rows])
+
+
+@image_app.command("show")
+def image_show(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Everything `banger build --json` printed for this image's last build."""
+    from banger.app.build import summary_lines
+    from banger.core.images import ImageError, load
+
+    s = store()
+    try:
+        record = load(s, name)
+    except ImageError as exc:
+        fail(str(exc))
+    emit(record.to_json(s), as_json, summary_lines(record, s))
+
+
+@image_app.command("rm")
+def image_rm(name: str) -> None:
+    """Drop the name; `banger cache gc` then reclaims what nothing else references."""
+    from banger.core.images import ImageError, remove
+
+    try:
+        remove(store(), name)
+    except ImageError as exc:
+        fail(str(exc))
+    typer.echo(f"removed image {name} (run `banger cache gc` to reclaim space)")

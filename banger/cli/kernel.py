@@ -1,0 +1,114 @@
+"""`banger kernel ...`: list, show, rm, import and pull kernel bundles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from banger.cli.common import dirs, emit, fail, say
+from banger.kernel import bundle as kernel_bundle, sources
+from banger.kernel.bundle import KernelError
+
+kernel_app = typer.Typer(no_args_is_help=True, help="Kernel bundles: list, show, import, pull, rm.")
+
+
+def _summary(bundle: kernel_bundle.Bundle, default: str) -> dict:
+    m = bundle.manifest
+    return {"name": m.name, "version": m.version, "arch": m.arch, "distro": m.distro,
+            "source": m.source, "imported_at": m.imported_at, "size": bundle.size,
+            "files": sorted(m.files), "default": m.name == default, "path": str(bundle.path),
+            "digest": bundle.digest}
+
+
+@kernel_app.command("list")
+def list_cmd(available: bool = typer.Option(False, "--available", help="Show the catalog's kernels too."),
+             catalog: Optional[str] = typer.Option(None, "--catalog", help="Catalog FILE or URL."),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Installed kernel bundles (or, with --available, the catalog with pulled/available state)."""
+    from banger.kernel.catalog import available as catalog_rows, human_size
+
+    d = dirs()
+    try:
+        if available:
+            rows = catalog_rows(d, catalog)
+            lines = [f"{r['name']:<24} {r['state']:<9} {str(r['version'] or '?'):<28} "
+                     f"{human_size(r['size']):>10}  {r['source']}" for r in rows]
+        else:
+            default = kernel_bundle.default_name(d)
+            rows = [_summary(b, default) for b in kernel_bundle.list_bundles(d)]
+            lines = [f"{'*' if r['default'] else ' '} {r['name']:<24} {r['version']:<28} {r['arch']:<6} "
+                     f"{human_size(r['size']):>10}  {r['source']}" for r in rows]
+            if not rows:
+                lines = ["no kernels installed; run `banger kernel pull debian:cloud-amd64`"]
+    except KernelError as exc:
+        fail(str(exc))
+    emit(rows, as_json, lines)
+
+
+@kernel_app.command("show")
+def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """A bundle's manifest: version, files and their sha256, source."""
+    d = dirs()
+    try:
+        bundle = kernel_bundle.load(d, name)
+    except KernelError as exc:
+        fail(str(exc))
+    data = dict(_summary(bundle, kernel_bundle.default_name(d)), manifest=bundle.manifest.__dict__)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    m = bundle.manifest
+    typer.echo(f"{m.name}{'  (default)' if data['default'] else ''}")
+    for key in ("version", "arch", "distro", "source", "imported_at", "path"):
+        typer.echo(f"  {key + ':':<13}{data[key]}")
+    for fname, digest in sorted(m.files.items()):
+        typer.echo(f"  {fname:<11}  {m.sizes.get(fname, 0):>11} B  {digest}")
+    modules = m.info.get("initrd", {}).get("modules") if isinstance(m.info.get("initrd"), dict) else None
+    if modules:
+        typer.echo(f"  initrd loads: {' '.join(modules)}")
+
+
+@kernel_app.command("rm")
+def rm_cmd(name: str) -> None:
+    """Remove a kernel bundle."""
+    try:
+        kernel_bundle.remove(dirs(), name)
+    except KernelError as exc:
+        fail(str(exc))
+    typer.echo(f"removed kernel {name}")
+
+
+@kernel_app.command("import")
+def import_cmd(name: str,
+               from_dir: Optional[Path] = typer.Option(None, "--from", help="A directory with a kernel."),
+               deb: Optional[Path] = typer.Option(None, "--deb", help="A Debian linux-image-*.deb."),
+               force: bool = typer.Option(False, "--force", help="Replace an existing bundle.")) -> None:
+    """Import a kernel bundle from a directory (metadata.json, boot/vmlinuz-*...) or a .deb."""
+    if (from_dir is None) == (deb is None):
+        fail("give exactly one of --from DIR or --deb FILE.deb")
+    try:
+        if deb is not None:
+            from banger.kernel.debian import import_deb
+
+            bundle = import_deb(dirs(), name, deb, force=force, log=say)
+        else:
+            bundle = sources.import_dir(dirs(), name, from_dir, force=force, log=say)
+    except KernelError as exc:
+        fail(str(exc))
+    typer.echo(f"imported kernel {bundle.name} ({bundle.version}) at {bundle.path}")
+
+
+@kernel_app.command("pull")
+def pull_cmd(name: str = typer.Argument(..., help="A catalog name, or debian:<flavour> (e.g. debian:cloud-amd64)."),
+             force: bool = typer.Option(False, "--force", help="Pull again, replacing the installed bundle."),
+             catalog: Optional[str] = typer.Option(None, "--catalog", help="Catalog FILE or URL.")) -> None:
+    """Download a kernel bundle from the catalog (or the host's Debian apt sources)."""
+    from banger.kernel.catalog import pull
+
+    try:
+        bundle = pull(dirs(), name, catalog, force=force, log=say)
+    except KernelError as exc:
+        fail(str(exc))
+    typer.echo(f"pulled kernel {bundle.name} ({bundle.version}) at {bundle.path}")

@@ -1,0 +1,42 @@
+"""`banger demo`, `banger version`, `banger doctor`."""
+from __future__ import annotations
+
+import typer
+
+from banger.cli.common import dirs, emit, fail, say, store
+
+
+def demo(boot: bool = typer.Option(True, "--boot/--no-boot", help="Boot the image and probe it over SSH."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Build and boot the embedded default: a local registry holding a Debian bookworm image made
+    with debootstrap (first run needs root), and the Debian cloud kernel."""
+    from banger.app.build import summary_lines
+    from banger.app.demo import run_demo
+    from banger.core.errors import BuildError
+
+    try:
+        record = run_demo(dirs(), boot, log=say)
+    except BuildError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; rerun `banger demo` to continue where it stopped")
+    s = store()
+    emit(record.to_json(s), as_json, summary_lines(record, s))
+
+
+def version(as_json: bool = typer.Option(False, "--json")) -> None:
+    """banger's version, git commit and build date."""
+    from banger.buildinfo import info
+
+    data = info()
+    emit(data, as_json, [f"banger {data['version']} (commit {data['commit']}, built {data['build_date']})"])
+
+
+def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Which host tools are present or missing, and the command that fixes each."""
+    from banger.app.doctor import checks
+
+    rows = checks()
+    emit([c.__dict__ for c in rows], as_json,
+         [f"{'ok ' if c.ok else 'MISSING'} {c.name:<20} {c.detail}" + (f"\n        fix: {c.fix}" if c.fix else "")
+          for c in rows])

@@ -1,0 +1,57 @@
+"""What the user asked to build: parsed from doit-style `key=value` words."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+KEYS = ("image", "name", "kernel", "size", "platform", "boot", "hypervisor")
+
+from banger.core.images import NAME_RE
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    image: str
+    name: str | None = None
+    kernel: str | None = None
+    size: int | None = None  # bytes; None = content-aware
+    platform: str | None = None  # "linux/amd64"; None = host
+    boot: bool = True
+    hypervisor: str = "auto"
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise SpecError(f"size={text!r} is not a size; use e.g. size=2G or size=512M")
+    return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+
+
+def parse_words(words: list[str] | tuple[str, ...]) -> BuildSpec:
+    values: dict[str, object] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or key not in KEYS:
+            raise SpecError(f"unknown build argument {word!r}; use key=value with key one of: {', '.join(KEYS)}")
+        if not value:
+            raise SpecError(f"{key}= needs a value")
+        values[key] = value
+    if "image" not in values:
+        raise SpecError("no image given; use e.g. `banger build image=debian:bookworm`")
+    if "size" in values:
+        values["size"] = parse_size(str(values["size"]))
+    if "boot" in values:
+        text = str(values["boot"]).lower()
+        if text not in ("yes", "no", "true", "false", "1", "0"):
+            raise SpecError(f"boot={values['boot']!r}; use boot=yes or boot=no")
+        values["boot"] = text in ("yes", "true", "1")
+    if "hypervisor" in values and values["hypervisor"] not in ("auto", "qemu", "firecracker"):
+        raise SpecError(f"hypervisor={values['hypervisor']!r}; use auto, qemu or firecracker")
+    if "name" in values and not NAME_RE.match(str(values["name"])):
+        raise SpecError(f"name={values['name']!r}: use lowercase letters, digits, '.', '_' and '-'")
+    known = {f.name for f in fields(BuildSpec)}
+    return BuildSpec(**{k: v for k, v in values.items() if k in known})

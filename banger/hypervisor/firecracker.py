@@ -1,0 +1,267 @@
+"""Boot a VM with Firecracker: configure it over its REST API on a unix socket, then start it.
+
+Firecracker boots the uncompressed kernel (vmlinux), needs a writable disk (so the VM gets a
+reflinked/sparse copy of the rootfs in its run dir) and a tap device for networking (root
+only). A guest `poweroff` leaves Firecracker running; SendCtrlAltDel makes the guest reboot,
+which ends the Firecracker process.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import json
+import secrets
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from banger.core import fsutil
+from banger.hypervisor.choice import tap_problem
+from banger.hypervisor.vm import VM, GuestNetwork, VMError
+
+API_TIMEOUT = 10.0
+SOCKET_WAIT = 5.0
+TAP_POOL = ipaddress.ip_network("172.30.0.0/16")  # one /30 per VM: host .1, guest .2
+GUEST_CID = 3  # the first CID a guest may use
+BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
+
+
+class FirecrackerError(VMError):
+    """Firecracker refused a request; the message is its fault_message on one line."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: Path, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(socket_path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class FirecrackerAPI:
+    """The subset of the Firecracker API banger uses (see the official firecracker-api.yaml)."""
+
+    def __init__(self, socket_path: Path, timeout: float = API_TIMEOUT):
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict | None = None) -> Any:
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except OSError as exc:
+            raise FirecrackerError(f"Firecracker API {method} {path} over {self.socket_path} failed: {exc}") from None
+        finally:
+            conn.close()
+        if response.status >= 300:
+            raise FirecrackerError(f"Firecracker refused {method} {path} (HTTP {response.status}): "
+                                   f"{_fault_message(data)}")
+        return json.loads(data) if data.strip() else None
+
+    # ---- pre-boot configuration ------------------------------------------------------------------
+    def put_logger(self, log_path: Path, level: str = "Warning") -> None:
+        self.request("PUT", "/logger", {"log_path": str(log_path), "level": level})
+
+    def put_boot_source(self, kernel: Path, boot_args: str, initrd: Path | None = None) -> None:
+        body: dict[str, Any] = {"kernel_image_path": str(kernel), "boot_args": boot_args}
+        if initrd is not None:
+            body["initrd_path"] = str(initrd)
+        self.request("PUT", "/boot-source", body)
+
+    def put_drive(self, drive_id: str, path: Path, *, root: bool, read_only: bool = False) -> None:
+        self.request("PUT", f"/drives/{drive_id}", {"drive_id": drive_id, "path_on_host": str(path),
+                                                     "is_root_device": root, "is_read_only": read_only})
+
+    def put_machine_config(self, vcpus: int, memory_mib: int) -> None:
+        self.request("PUT", "/machine-config", {"vcpu_count": vcpus, "mem_size_mib": memory_mib, "smt": False})
+
+    def put_network_interface(self, iface_id: str, tap: str, guest_mac: str) -> None:
+        self.request("PUT", f"/network-interfaces/{iface_id}",
+                     {"iface_id": iface_id, "host_dev_name": tap, "guest_mac": guest_mac})
+
+    def put_vsock(self, guest_cid: int, uds_path: Path) -> None:
+        self.request("PUT", "/vsock", {"guest_cid": guest_cid, "uds_path": str(uds_path)})
+
+    # ---- actions ---------------------------------------------------------------------------------------
+    def action(self, action_type: str) -> None:
+        self.request("PUT", "/actions", {"action_type": action_type})
+
+    def instance_start(self) -> None:
+        self.action("InstanceStart")
+
+    def send_ctrl_alt_del(self) -> None:
+        self.action("SendCtrlAltDel")
+
+    def describe_instance(self) -> dict:
+        return self.request("GET", "/")
+
+
+def _fault_message(data: bytes) -> str:
+    try:
+        message = str(json.loads(data).get("fault_message", "")) or "no fault_message"
+    except (ValueError, AttributeError):
+        message = data.decode("utf-8", "replace") or "empty response"
+    return " ".join(message.split())  # one line
+
+
+# ---- tap networking --------------------------------------------------------------------------------
+class Tap:
+    """A tap device with a /30: the host end gets .1, the guest .2 (root only)."""
+
+    def __init__(self, name: str, subnet: ipaddress.IPv4Network):
+        self.name = name
+        self.subnet = subnet
+        hosts = list(subnet.hosts())
+        self.host_ip, self.guest_ip = hosts[0], hosts[1]
+        self.created = False
+
+    @classmethod
+    def allocate(cls) -> "Tap":
+        problem = tap_problem()
+        if problem:
+            raise VMError(f"Firecracker networking needs a tap device: {problem}")
+        used = _used_ipv4_networks()
+        for _ in range(64):
+            subnet = ipaddress.ip_network(
+                f"{TAP_POOL.network_address + 4 * secrets.randbelow(TAP_POOL.num_addresses // 4)}/30")
+            if not any(subnet.overlaps(net) for net in used):
+                return cls(f"bgr{secrets.token_hex(4)}", subnet)
+        raise VMError(f"no free /30 left in {TAP_POOL} for a tap device; remove stale bgr* links")
+
+    @property
+    def guest_network(self) -> GuestNetwork:
+        return GuestNetwork(f"{self.guest_ip}/{self.subnet.prefixlen}", str(self.host_ip), None)
+
+    @property
+    def guest_mac(self) -> str:
+        return "06:00:" + ":".join(f"{b:02x}" for b in self.guest_ip.packed)
+
+    def create(self) -> None:
+        _ip("tuntap", "add", "dev", self.name, "mode", "tap")
+        self.created = True
+        _ip("addr", "add", f"{self.host_ip}/{self.subnet.prefixlen}", "dev", self.name)
+        _ip("link", "set", self.name, "up")
+
+    def delete(self) -> None:
+        if self.created:
+            subprocess.run(["ip", "link", "del", self.name], capture_output=True)
+            self.created = False
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise VMError(f"`ip {' '.join(args)}` failed: {result.stderr.strip() or result.returncode}")
+
+
+def _used_ipv4_networks() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    nets = []
+    for line in out.splitlines():
+        words = line.split()
+        if "inet" in words:
+            nets.append(ipaddress.ip_interface(words[words.index("inet") + 1]).network)
+    return nets
+
+
+# ---- the VM ----------------------------------------------------------------------------------------
+class FirecrackerVM(VM):
+    backend = "firecracker"
+
+    def __init__(self, choice, config):
+        super().__init__(choice, config)
+        self.api_socket = self.run_dir / "api.sock"
+        self.vsock_socket = self.run_dir / "vsock.sock"
+        self.disk = self.run_dir / "rootfs.ext4"
+        self.api = FirecrackerAPI(self.api_socket)
+        self.firecracker_log = self.run_dir / "firecracker.log"  # its logger (stderr is vmm.log)
+        self.tap: Tap | None = None
+
+    def vmm_logs(self) -> list[Path]:
+        return [self.vmm_log, self.firecracker_log]
+
+    def boot_args(self) -> str:
+        # is_root_device makes Firecracker add root=/dev/vda itself
+        words = [BOOT_ARGS]
+        if self.config.rootfs is not None:
+            words.append("rw")
+        if self.network is not None:
+            words.append(self.network.cmdline())
+        if self.config.cmdline:
+            words.append(self.config.cmdline)
+        return " ".join(words)
+
+    def _launch(self) -> None:
+        cfg = self.config
+        kernel = cfg.vmlinux or cfg.kernel
+        if cfg.network:
+            self.tap = Tap.allocate()
+            self.tap.create()
+            self.network = self.tap.guest_network
+        if cfg.rootfs is not None:
+            fsutil.copy_sparse(cfg.rootfs, self.disk)  # Firecracker writes to its disk
+        self.firecracker_log.touch()  # Firecracker's logger does not create its file
+        with open(self.console_log, "ab") as console:  # the guest's serial console is stdout
+            self._spawn([self.choice.binary, "--api-sock", str(self.api_socket)], stdout=console)
+        self._wait_for_api()
+        self.configure(kernel)
+        self.api.instance_start()
+        if self.tap is not None:
+            self._ssh = (str(self.tap.guest_ip), 22)
+
+    def configure(self, kernel: Path) -> None:
+        """Every pre-boot request, in order (the contract test checks each against the spec)."""
+        cfg = self.config
+        self.api.put_logger(self.firecracker_log)
+        self.api.put_machine_config(cfg.vcpus, cfg.memory_mib)
+        self.api.put_boot_source(kernel, self.boot_args(), cfg.initrd)
+        if cfg.rootfs is not None:
+            self.api.put_drive("rootfs", self.disk, root=True)
+        if self.tap is not None:
+            self.api.put_network_interface("eth0", self.tap.name, self.tap.guest_mac)
+        self.api.put_vsock(GUEST_CID, self.vsock_socket)
+
+    def _wait_for_api(self) -> None:
+        deadline = time.monotonic() + SOCKET_WAIT
+        while not self.api_socket.exists():
+            if not self.running:
+                raise self.failure(f"firecracker exited with code {self.process.returncode} before "
+                                   f"opening its API socket")
+            if time.monotonic() >= deadline:
+                raise self.failure(f"firecracker did not open its API socket {self.api_socket} "
+                                   f"within {SOCKET_WAIT:g}s")
+            time.sleep(0.01)
+
+    def shutdown(self, poweroff, timeout: float) -> bool:
+        """The guest's poweroff would leave Firecracker running: send Ctrl-Alt-Del instead."""
+        if self.running:
+            with contextlib.suppress(VMError):
+                self.api.send_ctrl_alt_del()
+        return self.wait_exit(timeout)
+
+    def _cleanup(self) -> None:
+        if self.tap is not None:
+            self.tap.delete()
+        for path in (self.api_socket, self.vsock_socket, self.disk):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for stray in self.run_dir.glob(f"{self.vsock_socket.name}_*"):  # guest-initiated vsock sockets
+            with contextlib.suppress(FileNotFoundError):
+                stray.unlink()

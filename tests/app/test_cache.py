@@ -1,0 +1,119 @@
+"""gc honours named images and size/age limits; export/import moves an image between caches."""
+import os
+import time
+
+import pytest
+
+from banger.app import cache as cache_ops
+from banger.core import images
+from banger.core.store import ActionRecord, Store, action_key
+
+
+def make_chain(store: Store, tag: str, size: int) -> images.ImageRecord:
+    """An image of two steps whose outputs are `size`-byte blobs."""
+    steps, prev = [], None
+    for step in ("a", "b"):
+        out = store.ingest_stream([os.urandom(size)], algorithm="blake3")
+        inputs = {"prev": prev} if prev else {"seed": tag}
+        key = action_key(step, "1", inputs, {}, {})
+        store.put_record(ActionRecord(key, step, "1", inputs, {}, {}, {"out": out}))
+        steps.append({"step": step, "status": "ran", "seconds": 0.1, "key": key})
+        prev = out
+    image = images.ImageRecord(name=tag, ref=f"example/{tag}", digest="sha256:" + "0" * 64,
+                               built_at=time.time(), artifacts={"rootfs": prev}, steps=steps)
+    images.save(store, image)
+    return image
+
+
+def age(store: Store, digest: str, days: float) -> None:
+    t = time.time() - days * 86400
+    os.utime(store._stamp(digest), (t, t))
+
+
+def test_gc_without_limits_keeps_named_images_and_drops_the_rest(tmp_path):
+    store = Store(tmp_path)
+    keep = make_chain(store, "keep", 1000)
+    orphan = store.ingest_stream([b"orphan" * 100], algorithm="blake3")
+    cache_ops.gc(store)
+    assert not store.path(orphan).exists()
+    for s in keep.steps:
+        record = store.get_record(s["key"])
+        assert record is not None and store.record_valid(record)
+
+
+def test_gc_after_image_rm_reclaims_its_artifacts(tmp_path):
+    store = Store(tmp_path)
+    gone = make_chain(store, "gone", 1000)
+    make_chain(store, "stays", 1000)
+    images.remove(store, "gone")
+    cache_ops.gc(store)
+    assert not store.path(gone.artifacts["rootfs"]).exists()
+    assert all(store.get_record(s["key"]) is None for s in gone.steps)
+    assert len(images.all_images(store)) == 1
+
+
+def test_gc_max_size_evicts_least_recently_used_first(tmp_path):
+    store = Store(tmp_path)
+    make_chain(store, "root", 8192)
+    old, mid, new = (store.ingest_stream([os.urandom(8192)], algorithm="blake3") for _ in range(3))
+    age(store, old, 3), age(store, mid, 2), age(store, new, 1)
+    rooted = sum(e.size for e in cache_ops.entries(store) if e.referenced)
+    result = cache_ops.gc(store, max_size=rooted + 8192 + 100)
+    assert not store.path(old).exists() and not store.path(mid).exists()
+    assert store.path(new).exists()
+    assert result["evicted"] == 2 and not result["over_limit"]
+
+
+def test_gc_max_size_never_evicts_named_images(tmp_path):
+    store = Store(tmp_path)
+    image = make_chain(store, "big", 16384)
+    result = cache_ops.gc(store, max_size=1)
+    assert store.path(image.artifacts["rootfs"]).exists()
+    assert result["over_limit"]
+
+
+def test_gc_max_age(tmp_path):
+    store = Store(tmp_path)
+    stale, fresh = (store.ingest_stream([os.urandom(100)], algorithm="blake3") for _ in range(2))
+    age(store, stale, 10)
+    cache_ops.gc(store, max_age_days=5)
+    assert not store.path(stale).exists() and store.path(fresh).exists()
+
+
+def test_export_import_round_trip_reverifies(tmp_path):
+    src = Store(tmp_path / "src")
+    image = make_chain(src, "moved", 5000)
+    archive = tmp_path / "moved.tar.zst"
+    cache_ops.export_image(src, "moved", archive)
+    dst = Store(tmp_path / "dst")
+    result = cache_ops.import_file(dst, archive)
+    assert result["images"] == ["moved"]
+    assert images.load(dst, "moved").artifacts == image.artifacts
+    for s in image.steps:
+        assert dst.record_valid(dst.get_record(s["key"]))
+    assert dst.path(image.artifacts["rootfs"]).read_bytes() == src.path(image.artifacts["rootfs"]).read_bytes()
+
+
+def test_import_of_a_tampered_archive_caches_nothing(tmp_path):
+    import io
+    import tarfile
+
+    import zstandard
+
+    src = Store(tmp_path / "src")
+    make_chain(src, "moved", 5000)
+    archive = tmp_path / "moved.tar.zst"
+    cache_ops.export_image(src, "moved", archive)
+    raw = zstandard.ZstdDecompressor().stream_reader(open(archive, "rb"), read_across_frames=True).read()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tin, tarfile.open(fileobj=out, mode="w") as tout:
+        for m in tin:
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if data is not None and m.name.startswith("blobs/"):
+                data = bytes([data[0] ^ 1]) + data[1:]  # (b"X" + ... left random data starting with X intact)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+    archive.write_bytes(zstandard.ZstdCompressor().compress(out.getvalue()))
+    dst = Store(tmp_path / "dst")
+    with pytest.raises(cache_ops.CacheError, match="digest mismatch"):
+        cache_ops.import_file(dst, archive)
+    assert list(dst.artifacts()) == [] and list(dst.records()) == [] and images.all_images(dst) == []

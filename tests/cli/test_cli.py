@@ -1,0 +1,81 @@
+"""The installed CLI: pip install . works, ships templates, and bad input gets one-line errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def banger(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "banger", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd or REPO, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """`pip install .` (not editable) into a fresh venv that sees the already-installed deps."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps",
+                           str(REPO)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return venv
+
+
+def test_pip_install_gives_a_working_banger_with_templates(installed, tmp_path):
+    exe = installed / "bin" / "banger"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "build" in out.stdout and "cache" in out.stdout
+    code = ("import banger, banger.templates, pathlib; "
+            "p = pathlib.Path(banger.templates.__path__[0]); "
+            "print(banger.__file__); print(sorted(x.name for x in p.iterdir()))")
+    probe = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    module_file, names = probe.stdout.splitlines()
+    assert str(installed) in module_file  # the installed copy, not the checkout
+    assert any(n.endswith(".j2") for n in eval(names)), names
+    version = subprocess.run([str(exe), "version", "--json"], capture_output=True, text=True, cwd=tmp_path)
+    data = json.loads(version.stdout)
+    assert data["version"] and data["commit"] != "unknown" and data["build_date"] != "unknown"
+
+
+@pytest.mark.parametrize("words, message", [
+    (["debian"], "unknown build argument 'debian'"),
+    (["name=x"], "no image given"),
+    (["image=a", "size=lots"], "size='lots' is not a size"),
+    (["image=a", "boot=maybe"], "boot='maybe'"),
+    (["image=a", "hypervisor=vmware"], "hypervisor='vmware'"),
+])
+def test_bad_build_words_give_one_line_errors(words, message, cache_dir):
+    out = banger("build", *words)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert not cache_dir.exists() or not list((cache_dir / "blobs").rglob("*"))
+
+
+def test_cache_dir_option_and_env_choose_the_cache(tmp_path):
+    out = banger("--cache-dir", str(tmp_path / "a"), "cache", "du", "--json")
+    assert json.loads(out.stdout)["path"] == str(tmp_path / "a")
+    out = banger("cache", "du", "--json", env={"BANGER_CACHE_DIR": str(tmp_path / "b")})
+    assert json.loads(out.stdout)["path"] == str(tmp_path / "b")
+    out = banger("cache", "du", "--json", env={"BANGER_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "x")})
+    assert json.loads(out.stdout)["path"] == str(tmp_path / "x" / "banger")
+
+
+def test_image_show_of_unknown_name_says_how_to_list(cache_dir):
+    out = banger("image", "show", "nope")
+    assert out.returncode == 1 and "banger image list" in out.stderr
+
+
+def test_doctor_reports_every_tool(cache_dir):
+    out = banger("doctor", "--json")
+    names = {c["name"] for c in json.loads(out.stdout)}
+    assert {"mkfs.ext4", "debugfs", "e2fsck", "qemu-system-x86_64", "firecracker", "/dev/kvm"} <= names
+    missing = [c for c in json.loads(out.stdout) if not c["ok"]]
+    assert all(c["fix"] for c in missing)
