@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from banger.core import config
-from banger.kernel import initrd, kmod, vmlinux
+from banger.kernel import kmod, vmlinux
 from banger.core import digest as dg
 from banger.kernel.errors import KernelError
 from banger.core.fsutil import atomic_write, remove_tree
@@ -276,6 +276,7 @@ def complete(staged: Staged, busybox: Path | None = None, log: Log | None = None
         log(f"extracted vmlinux ({staged.info['vmlinux_from']} payload)")
     modules_root = d / "modules" / staged.version
     if not (d / "initrd.img").exists() and modules_root.is_dir():
+        from banger.kernel import initrd  # only when one is generated: a CLI start needs none of it
 
         try:
             if busybox is None:
