@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from banger.cli.common import dirs, emit, fail, store
+from banger.cli.common import dirs, emit, fail, store, typer_app
 
-cache_app = typer.Typer(no_args_is_help=True, help="Inspect and manage the artifact cache.")
+cache_app = typer_app(no_args_is_help=True, help="Inspect and manage the artifact cache.")
 
 
 @cache_app.command("ls")

@@ -3,11 +3,35 @@ from __future__ import annotations
 
 import json
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from banger.core.config import Dirs, default_dirs
 
 state: dict = {}  # the root callback's options (--cache-dir)
+
+
+class Group(TyperGroup):
+    """A command group whose "No such command" error suggests the close matches once.
+
+    Click (8.2+) appends "Did you mean 'build'?" to NoSuchCommand when printing it, and typer
+    (0.16+) also writes the same suggestion into the message: `banger biuld` said it twice. Click's
+    suggestion is kept; typer's is used only with a click that does not suggest by itself.
+    """
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return click.Group.resolve_command(self, ctx, args)
+        except click.UsageError as exc:
+            if getattr(exc, "possibilities", None):  # click prints its own "Did you mean"
+                raise
+        return super().resolve_command(ctx, args)  # fails again, with typer's suggestion (if any)
+
+
+def typer_app(**options) -> typer.Typer:
+    """A typer app (root or command group) built on Group."""
+    return typer.Typer(cls=Group, **options)
 
 
 def fail(message: str) -> None:

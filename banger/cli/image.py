@@ -5,9 +5,9 @@ import time
 
 import typer
 
-from banger.cli.common import emit, fail, store
+from banger.cli.common import emit, fail, store, typer_app
 
-image_app = typer.Typer(no_args_is_help=True, help="Named images built by `banger build`.")
+image_app = typer_app(no_args_is_help=True, help="Named images built by `banger build`.")
 
 
 @image_app.command("list")

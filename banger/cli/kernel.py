@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from banger.cli.common import dirs, emit, fail, say
+from banger.cli.common import dirs, emit, fail, say, typer_app
 from banger.kernel import bundle as kernel_bundle, sources
 from banger.kernel.bundle import KernelError
 
-kernel_app = typer.Typer(no_args_is_help=True, help="Kernel bundles: list, show, import, pull, rm.")
+kernel_app = typer_app(no_args_is_help=True, help="Kernel bundles: list, show, import, pull, rm.")
 
 
 def _summary(bundle: kernel_bundle.Bundle, default: str) -> dict:

@@ -9,11 +9,11 @@ import typer
 
 from banger.cli import build, misc
 from banger.cli.cache import cache_app
-from banger.cli.common import state
+from banger.cli.common import state, typer_app
 from banger.cli.image import image_app
 from banger.cli.kernel import kernel_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer_app(no_args_is_help=True, add_completion=False,
                   help="Turn OCI images into bootable microVM disks and boot them.")
 app.command(context_settings={"allow_extra_args": False})(build.build)
 app.add_typer(cache_app, name="cache")

@@ -79,3 +79,10 @@ def test_doctor_reports_every_tool(cache_dir):
     assert {"mkfs.ext4", "debugfs", "e2fsck", "qemu-system-x86_64", "firecracker", "/dev/kvm"} <= names
     missing = [c for c in json.loads(out.stdout) if not c["ok"]]
     assert all(c["fix"] for c in missing)
+
+
+@pytest.mark.parametrize("args, suggestion", [(["biuld"], "'build'"), (["kernel", "pul"], "'pull'")])
+def test_a_mistyped_command_gets_one_suggestion(args, suggestion):
+    out = banger(*args)
+    assert out.returncode == 2
+    assert out.stderr.count("Did you mean") == 1 and suggestion in out.stderr, out.stderr
