@@ -108,7 +108,7 @@ def pull_cmd(name: str = typer.Argument(..., help="A catalog name, or debian:<fl
     from banger.kernel.catalog import pull
 
     try:
-        bundle = pull(dirs(), name, catalog, force=force, log=say)
+        result = pull(dirs(), name, catalog, force=force, log=say)
     except KernelError as exc:
         fail(str(exc))
-    typer.echo(f"pulled kernel {bundle.name} ({bundle.version}) at {bundle.path}")
+    typer.echo(result.message())

@@ -24,7 +24,7 @@ from typing import Iterator
 from urllib.parse import urljoin, urlparse
 
 from banger.core import config
-from banger.kernel import apt, debian as kernel_deb
+from banger.kernel import apt, bundle as kernel_bundle, debian as kernel_deb
 from banger.kernel.bundle import Bundle, KernelError, Log, commit, complete, kernels_dir, staging, validate_name
 from banger.kernel.sources import stage_from_dir
 
@@ -121,19 +121,44 @@ def _http_get_text(url: str, what: str) -> str:
 
 
 # ---- pull ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pulled:
+    bundle: Bundle
+    fresh: bool  # False: the bundle was already installed and nothing was downloaded
+    offer: str | None = None  # what the source offers now, when that differs from the installed one
+
+    def message(self) -> str:
+        b = self.bundle
+        if self.fresh:
+            return f"pulled kernel {b.name} ({b.version}) at {b.path}"
+        offer = f"; {self.offer}" if self.offer else ""
+        return f"kernel {b.name} ({b.version}) is already pulled at {b.path}{offer}; use --force to pull it again"
+
+
 def pull(dirs: config.Dirs, name: str, catalog_ref: str | None = None, force: bool = False,
-         busybox: Path | None = None, log: Log | None = None) -> Bundle:
-    """Install the kernel `name` (a catalog entry, or a built-in source like debian:cloud-amd64)."""
+         busybox: Path | None = None, log: Log | None = None) -> Pulled:
+    """Install the kernel `name` (a catalog entry, or a built-in source like debian:cloud-amd64);
+    an installed bundle of that name is kept (fresh=False) unless `force`."""
     log = log or (lambda msg: None)
+    entry = None
     if name.startswith("debian:"):
-        return kernel_deb.pull(dirs, name.split(":", 1)[1], force=force, busybox=busybox, log=log)
-    validate_name(name)
-    entry = load_catalog(catalog_ref).find(name)
-    if entry.builtin:
-        return kernel_deb.pull(dirs, entry.source.split(":", 1)[1], name=entry.name, force=force,
-                               busybox=busybox, log=log)
-    if (kernels_dir(dirs) / name).exists() and not force:
-        raise KernelError(f"kernel {name!r} already exists; use --force to replace it")
+        flavour = name.split(":", 1)[1]
+        bundle_name = validate_name(f"debian-{flavour}")
+    else:
+        entry = load_catalog(catalog_ref).find(validate_name(name))
+        flavour = entry.source.split(":", 1)[1] if entry.builtin else None
+        bundle_name = entry.name
+    if not force and (kernels_dir(dirs) / bundle_name).exists():
+        try:
+            installed = kernel_bundle.load(dirs, bundle_name)
+        except KernelError as exc:
+            raise KernelError(f"kernel {bundle_name!r} is installed but unreadable ({exc}); "
+                              "use --force to pull it again") from None
+        return Pulled(installed, fresh=False, offer=_offer(installed, flavour, entry))
+    if flavour is not None:
+        return Pulled(kernel_deb.pull(dirs, flavour, name=bundle_name, force=force, busybox=busybox, log=log),
+                      fresh=True)
+    assert entry is not None
     log(f"downloading {entry.source}")
     with staging(dirs, name) as work:
         tree = work / "archive"
@@ -150,7 +175,20 @@ def pull(dirs: config.Dirs, name: str, catalog_ref: str | None = None, force: bo
                               f"got {reader.hexdigest()[:12]}...); nothing was installed")
         staged = stage_from_dir(_single_top(tree), work / "bundle", move=True)
         complete(staged, busybox, log)
-        return commit(dirs, name, staged, source=entry.source, force=force)
+        return Pulled(commit(dirs, name, staged, source=entry.source, force=force), fresh=True)
+
+
+def _offer(installed: Bundle, flavour: str | None, entry: Entry | None) -> str | None:
+    """What the source offers that differs from the installed bundle (None: the same, or unknown)."""
+    if flavour is not None:
+        try:
+            package = apt.resolve_image_package(flavour)  # the local apt lists; no download
+        except KernelError:
+            return None
+        return None if installed.manifest.info.get("package") == package else f"apt now offers {package}"
+    if entry is not None and entry.version not in (None, installed.version):
+        return f"the catalog now offers {entry.version}"
+    return None
 
 
 class _Source:
@@ -308,8 +346,6 @@ def _single_top(tree: Path) -> Path:
 # ---- listing ---------------------------------------------------------------------------------
 def available(dirs: config.Dirs, catalog_ref: str | None = None) -> list[dict]:
     """Catalog entries with their state (pulled / available), version and size where known."""
-    from banger.kernel import bundle as kernel_bundle
-
     rows = []
     for entry in load_catalog(catalog_ref).entries:
         row = {"name": entry.name, "source": entry.source, "version": entry.version,

@@ -61,13 +61,9 @@ def pull(dirs: config.Dirs, flavour: str, name: str | None = None, force: bool =
     """`kernel pull debian:<flavour>`: the current linux-image-*-<flavour> as bundle debian-<flavour>."""
     log = log or (lambda msg: None)
     name = validate_name(name or f"debian-{flavour}")
+    if (kernels_dir(dirs) / name).exists() and not force:  # catalog.pull reports an installed one
+        raise KernelError(f"kernel {name!r} already exists; use --force to replace it")
     package = resolve_image_package(flavour)
-    if (kernels_dir(dirs) / name).exists() and not force:
-        from banger.kernel.bundle import load
-
-        have = load(dirs, name).manifest.info.get("package")
-        state = "the current one" if have == package else f"{have}; apt now offers {package}"
-        raise KernelError(f"kernel {name!r} is already pulled ({state}); use --force to pull it again")
     log(f"downloading {package} with apt-get")
     with staging(dirs, name) as work:
         deb = apt_download(package, work)

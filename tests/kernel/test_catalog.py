@@ -1,10 +1,14 @@
 """`kernel pull` from a catalog served by a real local http.server (127.0.0.1)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -14,12 +18,13 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from banger.kernel import bundle as kernel_bundle, catalog as kernel_catalog
+from banger.kernel import bundle as kernel_bundle, catalog as kernel_catalog, sources
 from banger.kernel.bundle import KernelError
 from tests.conftest import need
-from tests.support_kernel import fake_elf, kernel_dirs, make_bzimage
+from tests.support_kernel import fake_elf, kernel_dirs, make_bzimage, make_kernel_tree
 
 RELEASE = "6.6.6-catalog"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -89,7 +94,9 @@ def test_pull_round_trip(tmp_path, served):
     root, url = served
     publish(root, bundle_members())
     dirs = kernel_dirs(tmp_path)
-    bundle = kernel_catalog.pull(dirs, "demo", f"{url}/catalog.json")
+    pulled = kernel_catalog.pull(dirs, "demo", f"{url}/catalog.json")
+    bundle = pulled.bundle
+    assert pulled.fresh and pulled.message() == f"pulled kernel demo ({RELEASE}) at {bundle.path}"
     assert bundle.version == RELEASE and bundle.manifest.source == f"{url}/demo.tar.zst"
     assert set(bundle.manifest.files) == {"vmlinuz", "vmlinux", "initrd.img", "modules"}
     assert (bundle.path / "vmlinuz").read_bytes() == make_bzimage(RELEASE, "xz")
@@ -98,17 +105,20 @@ def test_pull_round_trip(tmp_path, served):
     bundle.verify()
     rows = kernel_catalog.available(dirs, f"{url}/catalog.json")
     assert [(r["name"], r["state"], r["size"]) for r in rows] == [("demo", "pulled", (root / "demo.tar.zst").stat().st_size)]
-    with pytest.raises(KernelError, match="already exists; use --force"):
-        kernel_catalog.pull(dirs, "demo", f"{url}/catalog.json")
+    (root / "demo.tar.zst").rename(root / "away.tar.zst")  # an installed bundle needs no download
+    kept = kernel_catalog.pull(dirs, "demo", f"{url}/catalog.json")
+    assert not kept.fresh and kept.bundle.digest == bundle.digest
+    assert kept.message() == f"kernel demo ({RELEASE}) is already pulled at {bundle.path}; use --force to pull it again"
+    (root / "away.tar.zst").rename(root / "demo.tar.zst")
     again = kernel_catalog.pull(dirs, "demo", f"{url}/catalog.json", force=True)
-    assert again.manifest.files == bundle.manifest.files
+    assert again.fresh and again.bundle.manifest.files == bundle.manifest.files
 
 
 def test_pull_from_a_catalog_file_with_a_relative_path(tmp_path, served):
     root, _ = served
     publish(root, bundle_members(top=""))  # members at the archive's top level
     dirs = kernel_dirs(tmp_path)
-    bundle = kernel_catalog.pull(dirs, "demo", str(root / "catalog.json"))
+    bundle = kernel_catalog.pull(dirs, "demo", str(root / "catalog.json")).bundle
     assert bundle.manifest.source == str(root / "demo.tar.zst")
 
 
@@ -199,3 +209,24 @@ def test_cli_pull_with_catalog_url(tmp_path, served, cache_dir, monkeypatch):
     result = runner.invoke(kernel_app, ["pull", "demo", "--force", "--catalog", f"{url}/catalog.json"])
     assert result.exit_code == 1 and "HTTP 404" in result.output
     assert (tmp_path / "state" / "banger" / "kernels" / "demo" / "manifest.json").is_file()  # old one kept
+
+
+def test_pulling_an_installed_debian_kernel_succeeds_and_says_so(tmp_path, cache_dir):
+    """No download, no apt-get: the installed bundle is kept; --force is how to pull again."""
+    state = tmp_path / "state"
+    dirs = kernel_dirs(tmp_path)
+    dirs = dataclasses.replace(dirs, state=state / "banger")
+    tree = make_kernel_tree(tmp_path / "src", RELEASE, modules=False)
+    installed = sources.import_dir(dirs, kernel_bundle.DEFAULT_KERNEL, tree)
+    pulled = kernel_catalog.pull(dirs, kernel_bundle.DEFAULT_SOURCE)
+    assert not pulled.fresh and pulled.bundle.digest == installed.digest
+    by_name = kernel_catalog.pull(dirs, kernel_bundle.DEFAULT_KERNEL)  # the catalog's name for it
+    assert not by_name.fresh and by_name.bundle.digest == installed.digest
+    out = subprocess.run([sys.executable, "-m", "banger", "kernel", "pull", kernel_bundle.DEFAULT_SOURCE],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "XDG_STATE_HOME": str(state)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"kernel {kernel_bundle.DEFAULT_KERNEL} ({RELEASE}) is already pulled at "
+                                 f"{installed.path}"), out.stdout
+    assert out.stdout.strip().endswith("use --force to pull it again") and out.stderr == ""
+    assert kernel_bundle.load(dirs, kernel_bundle.DEFAULT_KERNEL).digest == installed.digest
