@@ -39,6 +39,15 @@ def tap_problem() -> str | None:
     return None
 
 
+def check(requested: str = "auto", *, kvm_status: Callable[[], kvm.KvmStatus] = kvm.cached_probe,
+          which: Callable[[str], str | None] = shutil.which) -> None:
+    """Raise choose()'s HypervisorError now if `requested` cannot run here (a build calls this before
+    its first step). With QEMU on PATH, auto and qemu always can (under TCG at worst), so /dev/kvm
+    is probed only for hypervisor=firecracker or when QEMU is missing."""
+    if requested == "firecracker" or requested not in BACKENDS or which(QEMU) is None:
+        choose(requested, kvm_status=kvm_status, which=which)
+
+
 def choose(requested: str = "auto", *, kvm_status: Callable[[], kvm.KvmStatus] = kvm.cached_probe,
            which: Callable[[str], str | None] = shutil.which) -> Choice:
     if requested not in BACKENDS:

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 from banger.core import config
 from banger.kernel import kmod, vmlinux
 from banger.core import digest as dg
-from banger.kernel.errors import KernelError
+from banger.kernel.errors import KernelError, KernelNotInstalled
 from banger.core.fsutil import atomic_write, remove_tree
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -186,10 +186,13 @@ def resolve(dirs: config.Dirs, name: str | None = None) -> Bundle:
     except KernelError as exc:
         if (kernels_dir(dirs) / chosen / MANIFEST).exists() or not NAME_RE.match(chosen):
             raise
-        hint = f"`banger kernel pull {DEFAULT_SOURCE}`" if chosen == DEFAULT_KERNEL else \
-            f"`banger kernel pull {chosen}`"
-        raise KernelError(f"kernel {chosen!r} is not installed; run {hint} "
-                          "or `banger kernel list` to pick another (kernel=NAME)") from exc
+        if chosen == DEFAULT_KERNEL:
+            raise KernelNotInstalled(f"kernel {chosen!r} is not installed; run `banger kernel pull "
+                                     f"{DEFAULT_SOURCE}` or `banger kernel list` to pick another (kernel=NAME)",
+                                     chosen) from exc
+        # not `kernel pull {chosen}`: the catalog may not have it (kernel.suggest names what it has)
+        raise KernelNotInstalled(f"kernel {chosen!r} is not installed; `banger kernel list` shows the installed "
+                                 "ones (kernel=NAME), `banger kernel list --available` those to pull", chosen) from exc
 
 
 def remove(dirs: config.Dirs, name: str) -> None:

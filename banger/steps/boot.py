@@ -236,6 +236,16 @@ def probe_problems(probe: dict) -> list[str]:
 
 
 # ---- doit wiring -------------------------------------------------------------------------------
+def check_hypervisor(spec: BuildSpec) -> None:
+    """Refuse a hypervisor= that cannot run here before any step runs (one line)."""
+    from banger.hypervisor.choice import HypervisorError, check
+
+    try:
+        check(spec.hypervisor)
+    except HypervisorError as exc:
+        raise BuildError(str(exc)) from None
+
+
 def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
     dirs = build.context.get("dirs") or config.default_dirs(build.store.root)
     boot_config = BootConfig.from_settings(spec, config.load_config(dirs))

@@ -25,7 +25,7 @@ from banger.core import config, fsutil
 from banger.rootfs import debugfs, e2fs
 from banger.core.errors import BuildError
 from banger.engine import tasks as engine
-from banger.kernel import bundle as kernel_bundle
+from banger.kernel import bundle as kernel_bundle, suggest
 from banger.kernel.bundle import Bundle, KernelError
 from banger.engine.spec import BuildSpec
 
@@ -185,17 +185,20 @@ def inject_modules(image: Path, modules_root: Path, modules_dir: ModulesDir, ver
 
 # ---- doit wiring -------------------------------------------------------------------------------
 def choose_bundle(build: engine.Build, spec: BuildSpec) -> Bundle:
-    dirs = build.context.get("dirs") or config.default_dirs()
-    try:
-        return kernel_bundle.resolve(dirs, spec.kernel)
-    except KernelError as exc:
-        raise BuildError(str(exc)) from None
+    """The bundle for kernel= (or the default), remembered in build.context["kernel"]; the pipeline
+    calls this before any step so a missing kernel is reported before the image is resolved."""
+    if build.context.get("kernel") is None:
+        dirs = build.context.get("dirs") or config.default_dirs()
+        try:
+            build.context["kernel"] = suggest.resolve(dirs, spec.kernel)
+        except KernelError as exc:
+            raise BuildError(str(exc)) from None
+    return build.context["kernel"]
 
 
 @functools.lru_cache(maxsize=1)
 def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
     bundle = choose_bundle(build, spec)
-    build.context["kernel"] = bundle
 
     def work(run: engine.StepRun) -> dict[str, str]:
         """Stage the kernel bundle beside the rootfs (injecting its modules if needed)."""

@@ -86,3 +86,51 @@ def test_a_mistyped_command_gets_one_suggestion(args, suggestion):
     out = banger(*args)
     assert out.returncode == 2
     assert out.stderr.count("Did you mean") == 1 and suggestion in out.stderr, out.stderr
+
+
+UNREACHABLE = "image=127.0.0.1:1/nothing/here:1"  # refused at once: any registry error means it was tried
+
+
+def _one_error_line(out) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra", [[], ["--explain", "--json"], ["--check"]])
+def test_an_unknown_kernel_is_refused_before_the_image_is_resolved(extra, cache_dir):
+    out = banger("build", UNREACHABLE, "kernel=nosuch", "boot=no", *extra)
+    line = _one_error_line(out)
+    assert line.startswith("error: kernel 'nosuch' is not installed; ") and "registry" not in line
+    assert "`banger kernel pull nosuch`" not in line and "debian-cloud-amd64" in line
+    assert out.stdout == ""
+
+
+@pytest.fixture
+def installed_kernel(cache_dir):
+    from banger.core.config import default_dirs
+    from banger.kernel import sources
+    from tests.support_kernel import make_kernel_tree
+
+    tree = make_kernel_tree(cache_dir.parent / "kernel-src", "6.1.0-1-test", modules=False)
+    return sources.import_dir(default_dirs(), "test-k", tree).name
+
+
+def test_firecracker_that_cannot_run_is_refused_before_any_step(installed_kernel):
+    import shutil
+
+    from banger.hypervisor.choice import HypervisorError, choose
+
+    try:
+        choose("firecracker")
+        pytest.skip("Firecracker can run on this host")
+    except HypervisorError:
+        pass
+    words = ["build", UNREACHABLE, f"kernel={installed_kernel}", "hypervisor=firecracker"]
+    for extra in ([], ["--explain", "--json"]):
+        out = banger(*words, *extra)
+        line = _one_error_line(out)
+        assert line.startswith("error: hypervisor=firecracker cannot run here: ") and out.stdout == ""
+        assert shutil.which("firecracker") or "`firecracker` is not on PATH" in line
+    out = banger(*words, "boot=no")  # no boot, no hypervisor: the build goes on (to the registry)
+    assert "registry 127.0.0.1:1" in _one_error_line(out) and "hypervisor" not in out.stderr

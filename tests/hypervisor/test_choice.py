@@ -141,3 +141,25 @@ def test_firecracker_without_root_says_tap_needs_root(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "tap networking needs root" in out.stdout
     assert out.stdout.count("\n") == 1
+
+
+def _no_probe():
+    raise AssertionError("check() probed /dev/kvm where the answer cannot depend on it")
+
+
+@pytest.mark.parametrize("requested", ["auto", "qemu"])
+def test_check_with_qemu_on_path_passes_without_probing(requested):
+    hypervisor.check(requested, kvm_status=_no_probe, which=_which("qemu-system-x86_64"))
+
+
+@pytest.mark.parametrize("requested, status, tools, message", [
+    ("firecracker", BROKEN, ("qemu-system-x86_64",), "hypervisor=firecracker cannot run here: test: vcpus do not run; "
+                                                     "`firecracker` is not on PATH"),
+    ("qemu", WORKS, ("firecracker",), "no usable hypervisor: `qemu-system-x86_64` is not on PATH"),
+    ("auto", BROKEN, (), "no usable hypervisor: `qemu-system-x86_64` is not on PATH"),
+    ("vmware", WORKS, ("qemu-system-x86_64",), "hypervisor='vmware'; use one of"),
+])
+def test_check_refuses_what_choose_would_refuse(requested, status, tools, message):
+    with pytest.raises(HypervisorError) as err:
+        hypervisor.check(requested, kvm_status=lambda: status, which=_which(*tools))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from banger.engine import tasks as engine
-from banger.kernel import bundle as kernel_bundle, debian, sources, vmlinux
+from banger.kernel import bundle as kernel_bundle, debian, sources, suggest, vmlinux
 from banger.steps import stage_kernel
 from banger.cli.kernel import kernel_app
 from banger.engine.tasks import Build
@@ -160,6 +160,33 @@ def test_missing_kernels_say_what_to_run(tmp_path):
     build.context["dirs"] = dirs
     with pytest.raises(engine.BuildError, match=r"^kernel 'debian-cloud-amd64' is not installed; run `banger kernel pull debian:cloud-amd64`"):
         list(stage_kernel.tasks(build, BuildSpec(image="x")))
+
+
+def test_a_missing_kernel_names_the_installed_and_the_catalog_ones(tmp_path):
+    dirs = kernel_dirs(tmp_path)
+    with pytest.raises(KernelError) as err:
+        suggest.resolve(dirs, "nosuch")
+    assert str(err.value) == ("kernel 'nosuch' is not installed; no kernel is installed; the catalog has "
+                              "debian-cloud-amd64 (`banger kernel pull NAME`); see `banger kernel list --available`")
+    sources.import_dir(dirs, "mine", make_kernel_tree(tmp_path / "src", RELEASE, modules=False))
+    with pytest.raises(KernelError) as err:
+        suggest.resolve(dirs, "nosuch")
+    assert str(err.value) == ("kernel 'nosuch' is not installed; installed: mine (kernel=NAME); the catalog also "
+                              "has debian-cloud-amd64 (`banger kernel pull NAME`); see `banger kernel list --available`")
+    with pytest.raises(KernelError) as err:
+        suggest.resolve(dirs, kernel_bundle.DEFAULT_KERNEL)
+    assert str(err.value) == ("kernel 'debian-cloud-amd64' is not installed; run `banger kernel pull "
+                              "debian:cloud-amd64` or pick an installed one: mine (kernel=NAME)")
+    assert "pull nosuch" not in str(kernel_bundle_error(dirs, "nosuch"))
+    assert suggest.resolve(dirs, "mine").name == "mine"
+    with pytest.raises(KernelError, match="invalid kernel name"):
+        suggest.resolve(dirs, "Bad/name")
+
+
+def kernel_bundle_error(dirs, name: str) -> KernelError:
+    with pytest.raises(KernelError) as err:
+        kernel_bundle.resolve(dirs, name)
+    return err.value
 
 
 def test_default_kernel_comes_from_config(tmp_path):
