@@ -33,10 +33,11 @@ def version(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Which host tools are present or missing, and the command that fixes each."""
-    from banger.app.doctor import checks
+    """Which host tools are present or missing (required, then optional), and the fix for each.
+    Exits 1 when a required one is missing."""
+    from banger.app.doctor import checks, healthy, lines
 
     rows = checks()
-    emit([c.__dict__ for c in rows], as_json,
-         [f"{'ok ' if c.ok else 'MISSING'} {c.name:<20} {c.detail}" + (f"\n        fix: {c.fix}" if c.fix else "")
-          for c in rows])
+    emit([c.__dict__ for c in rows], as_json, lines(rows))
+    if not healthy(rows):
+        raise typer.Exit(1)

@@ -75,10 +75,33 @@ def test_image_show_of_unknown_name_says_how_to_list(cache_dir):
 
 def test_doctor_reports_every_tool(cache_dir):
     out = banger("doctor", "--json")
-    names = {c["name"] for c in json.loads(out.stdout)}
-    assert {"mkfs.ext4", "debugfs", "e2fsck", "qemu-system-x86_64", "firecracker", "/dev/kvm"} <= names
-    missing = [c for c in json.loads(out.stdout) if not c["ok"]]
+    rows = json.loads(out.stdout)
+    names = {c["name"] for c in rows}
+    assert {"mkfs.ext4", "debugfs", "e2fsck", "qemu-system-x86_64", "firecracker", "/dev/kvm",
+            "debootstrap", "skopeo", "umoci", "docker-registry", "busybox"} <= names
+    missing = [c for c in rows if not c["ok"]]
     assert all(c["fix"] for c in missing)
+    assert out.returncode == (1 if any(c["required"] for c in missing) else 0)
+
+
+def test_doctor_exits_1_only_for_a_missing_required_tool(tmp_path, cache_dir):
+    import shutil
+
+    from banger.app.doctor import REQUIRED
+
+    tools = [cmd for cmd, _, _ in REQUIRED]
+    if any(shutil.which(t) is None for t in tools):
+        pytest.skip("a required tool is missing on this host")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in tools:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    out = banger("doctor", env={"PATH": str(bin_dir)})  # no optional tool, all required ones
+    assert out.returncode == 0 and "\n  absent   skopeo " in out.stdout, out.stdout
+    (bin_dir / "debugfs").unlink()
+    out = banger("doctor", env={"PATH": str(bin_dir)})
+    assert out.returncode == 1 and "\n  MISSING  debugfs " in out.stdout
+    assert out.stdout.strip().splitlines()[-1].startswith("1 required tool(s) MISSING: debugfs;")
 
 
 @pytest.mark.parametrize("args, suggestion", [(["biuld"], "'build'"), (["kernel", "pul"], "'pull'")])
