@@ -29,7 +29,8 @@ def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
 def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
     """Run every step (cached ones cost a lookup); raises BuildError with one line on failure."""
     build = new_build(spec, dirs, log)
-    task_dicts = list(pipeline.tasks(build, spec))  # resolves the image; errors here are one line
+    # checks kernel= and hypervisor=, then resolves the image; errors here are one line
+    task_dicts = list(pipeline.tasks(build, spec))
     dep_file = build.store.root / "staging" / f"doit-{os.getpid()}.json"
     try:
         code = doit_runner.run(build, lambda: (t for t in task_dicts), dep_file)
@@ -92,7 +93,7 @@ def explain(spec: BuildSpec, dirs: Dirs) -> list[dict]:
     """Per step: cached or will-run, and why (which input changed since the image's last build)."""
     build = new_build(spec, dirs, log=lambda msg: None)
     for _ in pipeline.tasks(build, spec):
-        pass  # creating the tasks registers the steps (and resolves the image)
+        pass  # creating the tasks registers the steps (after the kernel and hypervisor checks, as a build)
     previous = _previous_keys(build, spec)
     out = []
     blocked: str | None = None
