@@ -15,9 +15,10 @@ state: dict = {}  # the root callback's options (--cache-dir)
 class Group(TyperGroup):
     """A command group whose "No such command" error suggests the close matches once.
 
-    Click (8.2+) appends "Did you mean 'build'?" to NoSuchCommand when printing it, and typer
-    (0.16+) also writes the same suggestion into the message: `banger biuld` said it twice. Click's
-    suggestion is kept; typer's is used only with a click that does not suggest by itself.
+    Click's NoSuchCommand appends "Did you mean 'build'?" when it is printed (format_message, seen
+    in click 8.4), and typer's TyperGroup.resolve_command also writes that suggestion into the
+    message (typer 0.20): `banger biuld` said it twice. Click's is kept; typer's is used only with a
+    click whose error carries no suggestions of its own.
     """
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
