@@ -10,7 +10,6 @@ from banger.core import config
 from banger.kernel import bundle as kernel_bundle
 from banger.kernel.bundle import Bundle, KernelError
 from banger.kernel.errors import KernelNotInstalled
-from banger.kernel.catalog import load_catalog
 
 
 def resolve(dirs: config.Dirs, name: str | None = None) -> Bundle:
@@ -22,6 +21,8 @@ def resolve(dirs: config.Dirs, name: str | None = None) -> Bundle:
 
 
 def not_installed(dirs: config.Dirs, name: str) -> str:
+    from banger.kernel.catalog import load_catalog  # only on this error path: a build needs no catalog
+
     installed = [b.name for b in kernel_bundle.list_bundles(dirs)]
     try:
         pullable = [e.name for e in load_catalog().entries if e.name not in installed]
