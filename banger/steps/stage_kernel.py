@@ -6,6 +6,14 @@ batched debugfs run (owned by root, 0644 files / 0755 dirs), growing the filesys
 is too small for them. vmlinuz, vmlinux and initrd.img are ingested as they are (after checking
 them against the bundle manifest).
 
+Injected modules make systemd's kmod-static-nodes.service run at boot (it is skipped while
+/lib/modules/<version> has no modules.devname); it runs `kmod static-nodes`, and in an image
+without kmod (a minimal Debian has only libkmod, which udev uses) it fails and the system boots
+`degraded`. So when the step injects modules into an image that has the unit but not the program
+it runs, it masks the unit (a link /etc/systemd/system/kmod-static-nodes.service -> /dev/null).
+Nothing is lost: the static nodes it lists only serve to load their module with modprobe (kmod)
+when opened, and the image has none.
+
 Outputs: {"rootfs", "kernel" (vmlinuz, else vmlinux), "vmlinux", "initrd"}; the last two only
 when the bundle has them.
 """
@@ -29,8 +37,12 @@ from banger.kernel import bundle as kernel_bundle, suggest
 from banger.kernel.bundle import Bundle, KernelError
 from banger.engine.spec import BuildSpec
 
-VERSION = "2"
+VERSION = "3"  # 3: masks kmod-static-nodes.service in images without kmod
 NOT_FOUND = "File not found by ext2_lookup"
+STATIC_NODES_UNIT = "kmod-static-nodes.service"
+UNIT_DIRS = ("/usr/lib/systemd/system", "/lib/systemd/system")
+MASK_DIR = "/etc/systemd/system"
+PROGRAM_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")  # where a bare ExecStart= name is looked up
 
 
 @dataclass
@@ -41,6 +53,7 @@ class StagedKernel:
     initrd: Path | None
     injected_files: int = 0
     grown_by: int = 0  # bytes added to the filesystem to make room for the modules
+    masked: tuple[str, ...] = ()  # units masked because the image cannot run them
 
 
 # ---- the work ----------------------------------------------------------------------------------
@@ -73,7 +86,51 @@ def stage(image: Path, bundle: Bundle, workdir: Path, log: Callable[[str], None]
             result.grown_by = _make_room(rootfs, bundle.modules_root)
             result.injected_files = inject_modules(rootfs, bundle.modules_root, modules_dir, version_dir)
             log(f"injected {result.injected_files} module files into {version_dir}")
+            if mask_static_nodes_unit(rootfs):
+                result.masked = (STATIC_NODES_UNIT,)
+                log(f"masked {STATIC_NODES_UNIT}: the image has no `kmod` to run it")
     return result
+
+
+def mask_static_nodes_unit(image: Path) -> bool:
+    """Mask STATIC_NODES_UNIT when the image has the unit but not the program its ExecStart= runs;
+    True if it did. An image that already has an /etc/systemd/system entry for the unit (a mask
+    or an admin's own unit) is left alone."""
+    mask = f"{MASK_DIR}/{STATIC_NODES_UNIT}"
+    units = [f"{d}/{STATIC_NODES_UNIT}" for d in UNIT_DIRS]
+    found = _stat(image, [mask, *units])
+    if not any(NOT_FOUND in line for line in found[0].output):
+        return False
+    unit = next((path for path, block in zip(units, found[1:])
+                 if any("Type: regular" in line for line in block.output)), None)
+    if unit is None:  # no systemd, or a unit this step does not know how to read
+        return False
+    programs = _exec_start_programs(debugfs.run(image, [f"cat {debugfs.quote(unit)}"])[0].output)
+    if not programs or any(_exists(image, p) for p in programs):
+        return False
+    commands: list[str] = []
+    for d in ("/etc", "/etc/systemd", MASK_DIR):
+        if not _exists(image, d):
+            commands += [f"mkdir {debugfs.quote(d)}",
+                         *(f"sif {debugfs.quote(d)} {field}" for field in ("mode 040755", "uid 0", "gid 0"))]
+    q = debugfs.quote(mask)
+    commands += [f"symlink {q} /dev/null", f"sif {q} uid 0", f"sif {q} gid 0"]
+    try:
+        e2fs.run(image, commands, write=True)
+    except e2fs.E2fsError as exc:
+        raise BuildError(f"masking {STATIC_NODES_UNIT} failed: {exc}") from None
+    return True
+
+
+def _exec_start_programs(unit_text: list[str]) -> list[str]:
+    """Where the program of a unit's (first) ExecStart= may be: its path, or for a bare name the
+    usual bin dirs; [] when there is no ExecStart=."""
+    for line in unit_text:
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() == "ExecStart" and value.strip():
+            program = value.split()[0].lstrip("-@:+!|")  # systemd.service(5)'s prefixes
+            return [program] if program.startswith("/") else [f"{d}/{program}" for d in PROGRAM_DIRS]
+    return []
 
 
 @dataclass(frozen=True)
@@ -205,7 +262,8 @@ def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
         staged = stage(run.path(run.inputs["image"]), bundle, run.stage, build.log)
         e2fs.fsck(staged.rootfs)
         run.info.update({"bundle": bundle.name, "kernel_version": bundle.version,
-                         "injected_module_files": staged.injected_files, "grown_by": staged.grown_by})
+                         "injected_module_files": staged.injected_files, "grown_by": staged.grown_by,
+                         "masked_units": list(staged.masked)})
         outputs = {"rootfs": run.store.ingest_file(staged.rootfs),
                    "kernel": run.store.ingest_file(staged.kernel)}
         if staged.vmlinux is not None:
