@@ -125,5 +125,7 @@ def test_probe_script_runs_under_sh_and_parses():
     assert probe["os_release"] == host_release and host_release.get("ID")
     if Path("/run/systemd/system").is_dir():
         assert probe["init"] == "systemd" and set(probe["units"]) == set(boot.units())
+        assert probe["system_state"] and isinstance(probe["failed_units"], list)
     else:
         assert probe["init"] == "other" and probe["units"] == {} and probe["system_state"] is None
+        assert probe["failed_units"] == []
