@@ -23,7 +23,7 @@ from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
 from tests.support_tools import REPO, need
 
-PINNED = "0a44fa74d98b07861d18710ab693156c07b06cac"  # the last commit before the subpackage layout
+PINNED = "738239e5630beb42b0913aa32ddab5f34f679cf4"  # stage-kernel 3 (kmod-static-nodes mask), boot 4 (failed units)
 RELEASE = "6.1.0-99-amd64"
 
 

@@ -60,10 +60,10 @@ def test_cold_build_runs_all_seven_steps_and_the_vm_answers_over_ssh(cold, e2e_e
     assert probe["os_release"]["ID"] == "debian"
     assert probe["units"]["banger-network.service"]["active"] == "active"
     assert all(u["load"] == "loaded" and u["result"] == "success" for u in probe["units"].values()), probe["units"]
-    # the probe waited for the boot to finish: "running", not "starting"; and nothing failed (the
-    # Debian kernel's injected modules would make kmod-static-nodes.service fail in this image,
-    # which has no kmod, had stage-kernel not masked it)
-    assert (probe["system_state"], probe["failed_units"]) == ("running", []), probe
+    # nothing failed: the Debian kernel's injected modules make kmod-static-nodes.service fail in
+    # this image, which has no kmod, unless stage-kernel masks it (without the mask the probe lists
+    # it; the probe does not wait for the rest of the boot, so the state may still be "starting")
+    assert probe["failed_units"] == [] and probe["system_state"] != "degraded", probe
     mask = debugfs.run(cold["artifacts"]["rootfs"], ["stat /etc/systemd/system/kmod-static-nodes.service"])
     assert 'Fast link dest: "/dev/null"' in mask[0].output, mask[0].output
     assert probe["clean_shutdown"]
