@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Install what banger and its tests need on Debian 12 (run as root), then banger itself.
+# Install what banger and its tests need on Debian 12 (run as root), then banger itself:
+#   - host tools with apt (only those missing);
+#   - banger and its test extras into a venv of the system Python at .venv/ in this checkout
+#     (Debian's Python is externally managed, PEP 668: pip must not write into it), installed
+#     editable, so `banger` runs this checkout as you edit it;
+#   - /usr/local/bin/banger -> .venv/bin/banger, so `banger` works in any new shell.
+# BANGER_PYTHON=/path/to/python3 picks another interpreter (3.11 or newer) for the venv.
+# A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+here=$(pwd -P)
 
 packages=(
+  python3 python3-venv # the venv banger lives in (Debian's python3 is externally managed)
   e2fsprogs            # mkfs.ext4, debugfs, e2fsck
   qemu-system-x86      # the QEMU backend (TCG here, KVM where it works)
   busybox-static       # the generated initramfs
@@ -14,6 +23,7 @@ packages=(
   docker-registry      # the local registry the demo and the tests start
   apache2-utils        # htpasswd for the Basic-auth registry test
   lz4 iproute2 systemd util-linux   # tests: lz4 payloads, tap devices, systemd-analyze verify, setpriv
+  git                  # tests: the cache-compatibility test runs an earlier commit's code
   time                 # GNU time: peak RSS in bench/
   ca-certificates
 )
@@ -26,4 +36,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore ".[test]"
+
+python=${BANGER_PYTHON:-/usr/bin/python3}
+venv="$here/.venv"
+if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+# (re)install when the project's metadata changed since the last install, or banger is not there
+stamp="$venv/.banger-install"
+want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$venv/bin/banger" ]; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+
+link=/usr/local/bin/banger
+if [ -L "$link" ] || [ ! -e "$link" ]; then
+  current=$(readlink "$link" || true)
+  case "$current" in
+    ""|*/.venv/bin/banger) [ "$current" = "$venv/bin/banger" ] || ln -sfn "$venv/bin/banger" "$link" ;;
+    *) echo "setup.sh: $link points to $current, not a banger venv; remove it or run $venv/bin/banger" >&2 ;;
+  esac
+else
+  echo "setup.sh: $link exists and is not a link to a banger venv; remove it or run $venv/bin/banger" >&2
+fi

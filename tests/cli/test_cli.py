@@ -1,6 +1,7 @@
 """The installed CLI: pip install . works, ships templates, and bad input gets one-line errors."""
 import json
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,13 @@ def banger(*args, env=None, cwd=None):
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """`pip install .` (not editable) into a fresh venv that sees the already-installed deps."""
+    """`pip install .` (not editable) into a fresh venv that sees the already-installed deps
+    (this interpreter's site-packages, through a .pth: it may itself be a venv)."""
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "_deps_from_the_test_interpreter.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps",
                            str(REPO)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
