@@ -1,17 +1,17 @@
 """doit entry point: in a checkout, `doit build image=REF [name=N] ...` does what
 `banger build image=REF ...` does, with the checkout's cache/ directory as the artifact cache
-($BANGER_CACHE_DIR still wins, as it does for the CLI)."""
+($BANGER_CACHE_DIR still wins, as it does for the CLI). `doit list` shows the pipeline's steps."""
 import os
 from pathlib import Path
 
 from doit import get_var
 
-from banger.steps import pipeline
 from banger.app.build import new_build, record_image, summary_lines
 from banger.core.config import CACHE_ENV, default_dirs
-from banger.engine.doit_runner import doit_config
 from banger.core.errors import BuildError
+from banger.engine.doit_runner import doit_config
 from banger.engine.spec import KEYS, SpecError, parse_words
+from banger.steps import pipeline
 
 CACHE = Path(__file__).resolve().parent / "cache"
 _builds: list = []
@@ -21,13 +21,11 @@ DOIT_CONFIG = doit_config(_builds, CACHE / ".doit.db")
 def task_build():
     """Build (and boot-check) image=REF."""
     try:
-        spec = parse_words([f"{k}={get_var(k)}" for k in KEYS if get_var(k)])
+        spec = parse_words([f"{k}={get_var(k)}" for k in KEYS if get_var(k)], command="doit build")
         build = new_build(spec, default_dirs(os.environ.get(CACHE_ENV) or CACHE))
         task_dicts = list(pipeline.tasks(build, spec))
     except (SpecError, BuildError) as exc:
-        message = str(exc)
-        yield {"basename": "build", "actions": [lambda: print(f"error: {message}") or False],
-               "verbosity": 2}
+        yield from pipeline.outline(str(exc))
         return
 
     def finish() -> None:

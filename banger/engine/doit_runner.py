@@ -14,6 +14,7 @@ def doit_config(build_holder: list, dep_file: Path) -> dict:
         "verbosity": 2,
         "reporter": _reporter_class(build_holder),
         "default_tasks": ["build"],
+        "sort": "definition",  # `doit list`: the steps in pipeline order
     }
 
 

@@ -31,7 +31,9 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
 
 
-def parse_words(words: list[str] | tuple[str, ...]) -> BuildSpec:
+def parse_words(words: list[str] | tuple[str, ...], command: str = "banger build") -> BuildSpec:
+    """A BuildSpec from `key=value` words; `command` is how the user's front end spells a build
+    (the CLI's `banger build`, dodo.py's `doit build`), for the error that names no image."""
     values: dict[str, object] = {}
     for word in words:
         key, sep, value = word.partition("=")
@@ -41,7 +43,7 @@ def parse_words(words: list[str] | tuple[str, ...]) -> BuildSpec:
             raise SpecError(f"{key}= needs a value")
         values[key] = value
     if "image" not in values:
-        raise SpecError("no image given; use e.g. `banger build image=debian:bookworm`")
+        raise SpecError(f"no image given; use e.g. `{command} image=debian:bookworm`")
     if "size" in values:
         values["size"] = parse_size(str(values["size"]))
     if "boot" in values:

@@ -13,7 +13,29 @@ from typing import Iterator
 from banger.engine.tasks import Build
 from banger.engine.spec import BuildSpec
 
-STEPS = ("fetch", "flatten", "ext4", "ownership", "inject", "stage-kernel", "boot")
+DOCS = {  # the steps in order, with what `doit list` says of each
+    "fetch": "resolve the image reference and fetch its blobs into the store",
+    "flatten": "apply the image's layers, in order, into a tree plus the metadata it cannot hold",
+    "ext4": "build a reproducible ext4 image from the flattened tree, without root",
+    "ownership": "apply owners, modes, devices and xattrs to the ext4 image with debugfs",
+    "inject": "inject banger's guest agents: network bootstrap, sshd, readiness agent",
+    "stage-kernel": "stage the kernel bundle beside the rootfs (modules into it when needed)",
+    "boot": "boot the image and probe it over SSH (boot=no skips it)",
+}
+STEPS = tuple(DOCS)
+BUILD_DOC = "build (and boot-check) an image: all the steps, in this order"
+
+
+def outline(problem: str) -> Iterator[dict]:
+    """The pipeline's tasks as `doit list` shows them when no build can be made (no image= given,
+    a bad word): each step with its doc; running any of them prints `problem` and fails."""
+    def refuse() -> bool:
+        print(f"error: {problem}")
+        return False
+
+    for name, doc in DOCS.items():
+        yield {"basename": name, "doc": doc, "actions": [refuse], "verbosity": 2}
+    yield {"basename": "build", "doc": BUILD_DOC, "actions": [refuse], "verbosity": 2}
 
 
 def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
@@ -33,5 +55,5 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
     if spec.boot:
         yield from boot.tasks(build, spec)
         last = "boot"
-    yield {"basename": "build", "doc": "build (and boot-check) an image", "actions": None,
+    yield {"basename": "build", "doc": BUILD_DOC, "actions": None,
            "task_dep": [last]}
