@@ -28,7 +28,11 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
     if not m:
         raise SpecError(f"size={text!r} is not a size; use e.g. size=2G or size=512M")
-    return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    size = int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    if size == 0:
+        raise SpecError(f"size={text!r} is empty; give the disk size, e.g. size=2G, or leave size= out "
+                        "for a content-aware size")
+    return size
 
 
 def parse_words(words: list[str] | tuple[str, ...], command: str = "banger build") -> BuildSpec:

@@ -175,6 +175,11 @@ def mke2fs(out: Path, size: int, inodes: int | None, seed_key: str, stage: Path)
         raise BuildError(f"mke2fs failed for a {human(size)} image: {detail}")
 
 
+def too_small(chosen: int, minimum: int, suggested: int) -> BuildError:
+    return BuildError(f"size={human(chosen)} is too small for this image: it needs at least {human(minimum)}; "
+                      f"use size={human(suggested)} or leave size= out for a content-aware size")
+
+
 def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
     """Build `out` from `tree`; `size` in bytes (None = content-aware). Returns facts for the record."""
     times: dict[str, float] = {}
@@ -190,7 +195,12 @@ def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
     while True:
         inodes = inodes_needed * 5 // 4 if chosen // e2fs.INODE_RATIO < inodes_needed * 5 // 4 else None
         with tempfile.TemporaryDirectory(prefix="mke2fs-", dir=out.parent) as conf_dir:
-            mke2fs(out, chosen, inodes, seed_key, Path(conf_dir))
+            try:
+                mke2fs(out, chosen, inodes, seed_key, Path(conf_dir))
+            except BuildError:
+                if chosen >= need:
+                    raise
+                raise too_small(chosen, need, round_up(need * 5 // 4, SIZE_STEP)) from None  # not mke2fs's words
         sb = e2fs.superblock(out)
         free_blocks, free_inodes = int(sb["Free blocks"]), int(sb["Free inodes"])
         if free_blocks >= content_blocks(plan) and free_inodes >= inodes_needed:
@@ -201,9 +211,7 @@ def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
         if size is None and suggested > chosen:  # our estimate was short: grow, never truncate
             chosen = suggested
             continue
-        raise BuildError(f"size={human(chosen)} is too small for this image: it needs at least "
-                         f"{human(minimum)}; use size={human(suggested)} or leave size= out for a "
-                         "content-aware size")
+        raise too_small(chosen, minimum, suggested)
     times["mke2fs"] = time.monotonic() - t
     try:
         populate(out, tree, plan, times)
@@ -212,8 +220,7 @@ def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
         times["e2fsck"] = time.monotonic() - t
     except E2fsError as exc:
         if "No space left" in str(exc) or "Could not allocate" in str(exc):
-            raise BuildError(f"size={human(chosen)} is too small for this image; use size="
-                             f"{human(round_up(need * 5 // 4, SIZE_STEP))} or leave size= out") from None
+            raise too_small(chosen, need, round_up(need * 5 // 4, SIZE_STEP)) from None
         raise BuildError(str(exc)) from None
     return {"size": chosen, "paths": plan.entries + 1, "estimated_need": need,
             "seconds": {k: round(v, 3) for k, v in times.items()}}

@@ -3,6 +3,7 @@ reproducibility across tree copies, and the step wiring (record, cache, --check)
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ from banger.steps import ext4
 from banger.oci import fsmeta
 from banger.engine.tasks import Build
 from banger.core.errors import BuildError
-from banger.engine.spec import BuildSpec
+from banger.engine.spec import BuildSpec, SpecError, parse_words
 from banger.core.store import ActionRecord, Store
 from tests.conftest import need
 
@@ -150,6 +151,24 @@ def test_too_small_size_names_the_size_needed(tmp_path):
         ext4.build_ext4(tree, 16 << 20, tmp_path / "o" / "img", "seed")
     ext4.build_ext4(tree, 64 << 20, tmp_path / "o" / "img", "seed")  # an explicit size that fits is honoured
     assert (tmp_path / "o" / "img").stat().st_size == 64 << 20
+
+
+
+@pytest.mark.parametrize("size", [4 << 10, 60 << 10])  # mke2fs itself refuses these ("Not enough space …")
+def test_a_size_mke2fs_refuses_gets_the_size_needed_not_mke2fs_words(tmp_path, size):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"x" * 100_000)
+    (tmp_path / "o").mkdir()
+    with pytest.raises(BuildError) as err:
+        ext4.build_ext4(tree, size, tmp_path / "o" / "img", "seed")
+    assert re.fullmatch(rf"size={ext4.human(size)} is too small for this image: it needs at least \d+M; use "
+                        r"size=\d+M or leave size= out for a content-aware size", str(err.value)), str(err.value)
+
+
+def test_size_zero_is_refused_when_the_words_are_parsed():
+    with pytest.raises(SpecError, match=r"^size='0' is empty; give the disk size, e.g. size=2G, or leave size= out"):
+        parse_words(["image=x", "size=0"])
 
 
 def test_special_file_in_tree_is_refused(tmp_path):
