@@ -130,14 +130,28 @@ def _why(build: Build, name: str, parts: dict, previous: dict[str, str]) -> str:
     if old is None:
         return "never built with these inputs"
     changed = []
+    step = build.steps[name]
+    now_parts = step.parts() if step.parts else {}
     for section in ("inputs", "params", "tools"):
         before, after = getattr(old, section), parts[section]
         for k in sorted(set(before) | set(after)):
             if before.get(k) != after.get(k):
-                changed.append(f"{section[:-1] if section != 'params' else 'param'} {k}: {_short(before.get(k))} -> {_short(after.get(k))}")
+                what = f"{section[:-1] if section != 'params' else 'param'} {k}: "
+                named = _changed_parts(old.info.get("parts", {}).get(k), now_parts.get(k))
+                changed.append(what + (named or f"{_short(before.get(k))} -> {_short(after.get(k))}"))
     if not changed and old.step_version != build.steps[name].version:
         changed.append(f"step version {old.step_version} -> {build.steps[name].version}")
     return "; ".join(changed) or "its outputs are missing or failed verification"
+
+
+def _changed_parts(before: dict | None, after: dict | None) -> str:
+    """'network.sh.j2 changed, x.j2 added' from two {part: digest} maps; '' when either is unknown
+    (a record from before parts were kept) or they agree (the change is elsewhere)."""
+    if not before or not after:
+        return ""
+    words = [f"{p} {'added' if p not in before else 'removed' if p not in after else 'changed'}"
+             for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p)]
+    return ", ".join(words)
 
 
 def _short(value) -> str:

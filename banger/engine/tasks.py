@@ -55,6 +55,9 @@ class StepDef:
     tools: Callable[[], dict]
     work: Callable[[StepRun], dict[str, str]]
     spinner: bool = True  # False for steps that draw their own progress bars
+    # what an input digest is made of ({input: {part: digest}}), kept in the record's info (never
+    # in the key) so that --explain can name the parts that changed, e.g. one template file
+    parts: Callable[[], dict] | None = None
 
     def key_parts(self) -> dict:
         return {"inputs": self.inputs(), "params": self.params(), "tools": self.tools()}
@@ -117,7 +120,8 @@ class Build:
                     outputs = step.work(run)
             record = ActionRecord(key=key, step=step.name, step_version=step.version,
                                   inputs=parts["inputs"], params=parts["params"],
-                                  tools=parts["tools"], outputs=outputs, info=run.info,
+                                  tools=parts["tools"], outputs=outputs,
+                                  info={**run.info, **({"parts": step.parts()} if step.parts else {})},
                                   created=time.time(), seconds=round(time.monotonic() - start, 3))
             self.store.put_record(record)
         self._accept(step, record, "ran", time.monotonic() - start)
@@ -172,13 +176,14 @@ class Build:
 def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun], dict[str, str]],
               inputs: Callable[[], dict], params: Callable[[], dict] | dict | None = None,
               tools: Callable[[], dict] | dict | None = None, deps: tuple[str, ...] = (),
-              doc: str = "", subtask: str | None = None, spinner: bool = True) -> dict:
+              doc: str = "", subtask: str | None = None, spinner: bool = True,
+              parts: Callable[[], dict] | None = None) -> dict:
     """The doit task dict for one content-addressed step (`subtask`: one of several, e.g. a layer).
 
     Records are looked up as `build.records["name"]` or `build.records["name:subtask"]`.
     """
     full = f"{name}:{subtask}" if subtask else name
-    step = StepDef(full, version, inputs, _thunk(params), _thunk(tools), work, spinner)
+    step = StepDef(full, version, inputs, _thunk(params), _thunk(tools), work, spinner, parts)
     build.steps[full] = step
 
     def uptodate() -> bool:

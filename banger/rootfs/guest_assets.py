@@ -175,8 +175,13 @@ def render_params(network: NetworkSettings) -> dict:
     }
 
 
+def template_digests(root: Path | None = None) -> dict[str, str]:
+    """{template file name: blake3 digest}: what the assets digest is made of, file by file."""
+    return {name: dg.of_bytes(data, "blake3") for name, data in template_bytes(root).items()}
+
+
 def assets_digest(network: NetworkSettings, root: Path | None = None) -> str:
-    templates = {name: dg.of_bytes(data, "blake3") for name, data in template_bytes(root).items()}
+    templates = template_digests(root)
     if not templates:
         raise AssetError(f"no guest templates (*.j2) in {root or template_dir()}; reinstall banger")
     return dg.of_bytes(dg.canonical({"format": ASSETS_FORMAT, "templates": templates,

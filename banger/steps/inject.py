@@ -25,7 +25,7 @@ from banger.core import fsutil
 from banger.core import digest as dg
 from banger.engine.tasks import Build, StepRun, step_task
 from banger.core.errors import BuildError
-from banger.rootfs.guest_assets import COLDPLUG_BEFORE_NETWORK, AssetError, GuestAssets, ImageLayout, NetworkSettings, assets_digest, inittab_style, render
+from banger.rootfs.guest_assets import COLDPLUG_BEFORE_NETWORK, AssetError, GuestAssets, ImageLayout, NetworkSettings, assets_digest, inittab_style, render, template_digests
 from banger.engine.spec import BuildSpec
 
 STEP_VERSION = "2"
@@ -203,4 +203,4 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
 
     yield step_task(build, name="inject", version=STEP_VERSION, work=work, inputs=inputs,
                     params=network.params(), tools=lambda: {"debugfs": e2fs.version("debugfs")},
-                    deps=("ownership",))
+                    deps=("ownership",), parts=lambda: {"assets": template_digests()})
