@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from banger.cli.common import dirs, emit, fail, say, typer_app
-from banger.kernel import bundle as kernel_bundle, sources
-from banger.kernel.bundle import KernelError
+from banger.kernel.errors import KernelError
+
+if TYPE_CHECKING:  # the kernel modules load when a kernel command runs, not at every CLI start
+    from banger.kernel.bundle import Bundle
 
 kernel_app = typer_app(no_args_is_help=True, help="Kernel bundles: list, show, import, pull, rm.")
 
 
-def _summary(bundle: kernel_bundle.Bundle, default: str) -> dict:
+def _summary(bundle: Bundle, default: str) -> dict:
     m = bundle.manifest
     return {"name": m.name, "version": m.version, "arch": m.arch, "distro": m.distro,
             "source": m.source, "imported_at": m.imported_at, "size": bundle.size,
@@ -27,6 +29,7 @@ def list_cmd(available: bool = typer.Option(False, "--available", help="Show the
              catalog: Optional[str] = typer.Option(None, "--catalog", help="Catalog FILE or URL."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Installed kernel bundles (or, with --available, the catalog with pulled/available state)."""
+    from banger.kernel import bundle as kernel_bundle
     from banger.kernel.catalog import available as catalog_rows, human_size
 
     d = dirs()
@@ -50,6 +53,8 @@ def list_cmd(available: bool = typer.Option(False, "--available", help="Show the
 @kernel_app.command("show")
 def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """A bundle's manifest: version, files and their sha256, source."""
+    from banger.kernel import bundle as kernel_bundle
+
     d = dirs()
     try:
         bundle = kernel_bundle.load(d, name)
@@ -73,6 +78,8 @@ def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
 @kernel_app.command("rm")
 def rm_cmd(name: str) -> None:
     """Remove a kernel bundle."""
+    from banger.kernel import bundle as kernel_bundle
+
     try:
         kernel_bundle.remove(dirs(), name)
     except KernelError as exc:
@@ -86,6 +93,8 @@ def import_cmd(name: str,
                deb: Optional[Path] = typer.Option(None, "--deb", help="A Debian linux-image-*.deb."),
                force: bool = typer.Option(False, "--force", help="Replace an existing bundle.")) -> None:
     """Import a kernel bundle from a directory (metadata.json, boot/vmlinuz-*...) or a .deb."""
+    from banger.kernel import sources
+
     if (from_dir is None) == (deb is None):
         fail("give exactly one of --from DIR or --deb FILE.deb")
     try:
