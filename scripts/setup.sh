@@ -38,10 +38,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python=${BANGER_PYTHON:-/usr/bin/python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup.sh: $python is not a Python 3.11 or newer (set BANGER_PYTHON=/path/to/python3)" >&2
+  exit 1
+fi
 venv="$here/.venv"
-if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+# the venv is rebuilt when it was made by another interpreter, or its creation did not finish
+# (.banger-python is written last); a system Python upgrade that breaks it is caught the same way
+interpreter=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+if [ "$(cat "$venv/.banger-python" 2>/dev/null)" != "$interpreter" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
   rm -rf "$venv"
   "$python" -m venv "$venv"
+  echo "$interpreter" > "$venv/.banger-python"
 fi
 # (re)install when the project's metadata changed since the last install, or banger is not there
 stamp="$venv/.banger-install"
@@ -52,12 +60,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$venv/bin/banger" ]; 
 fi
 
 link=/usr/local/bin/banger
+target="$venv/bin/banger"
 if [ -L "$link" ] || [ ! -e "$link" ]; then
   current=$(readlink "$link" || true)
   case "$current" in
-    ""|*/.venv/bin/banger) [ "$current" = "$venv/bin/banger" ] || ln -sfn "$venv/bin/banger" "$link" ;;
-    *) echo "setup.sh: $link points to $current, not a banger venv; remove it or run $venv/bin/banger" >&2 ;;
+    "$target") ;;
+    "") ln -sfn "$target" "$link" ;;
+    */.venv/bin/banger)  # another checkout's banger: the last one set up wins
+      echo "setup.sh: $link now runs this checkout ($here), not ${current%/.venv/bin/banger}" >&2
+      ln -sfn "$target" "$link" ;;
+    *) echo "setup.sh: $link points to $current, not a banger venv; remove it and rerun, or run $target" >&2
+       exit 1 ;;
   esac
 else
-  echo "setup.sh: $link exists and is not a link to a banger venv; remove it or run $venv/bin/banger" >&2
+  echo "setup.sh: $link exists and is not a link to a banger venv; remove it and rerun, or run $target" >&2
+  exit 1
 fi
