@@ -162,3 +162,20 @@ def test_firecracker_that_cannot_run_is_refused_before_any_step(installed_kernel
         assert shutil.which("firecracker") or "`firecracker` is not on PATH" in line
     out = banger(*words, "boot=no")  # no boot, no hypervisor: the build goes on (to the registry)
     assert "registry 127.0.0.1:1" in _one_error_line(out) and "hypervisor" not in out.stderr
+
+
+def test_setup_links_this_checkouts_banger_for_a_new_shell():
+    """After scripts/setup.sh (as root), a new shell with Debian's PATH for root, nothing
+    activated, finds /usr/local/bin/banger and it runs this checkout's venv."""
+    venv_banger = REPO / ".venv" / "bin" / "banger"
+    if os.geteuid() != 0 or not venv_banger.exists():
+        pytest.skip("needs root and scripts/setup.sh run in this checkout")
+    link = Path("/usr/local/bin/banger")
+    if link.resolve() != venv_banger.resolve():
+        pytest.skip(f"{link} belongs to another checkout's setup (scripts/setup.sh here relinks it)")
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    out = subprocess.run(["/bin/bash", "-c", "command -v banger && banger version"], env={"PATH": path, "HOME": "/root"},
+                         capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == str(link)
+    assert out.stdout.splitlines()[1].startswith("banger ")
