@@ -1,7 +1,17 @@
 """--explain names the parts of an input that changed (template files), from the record's info."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 from banger.app.build import _changed_parts
+from banger.core import config
+from banger.kernel import sources
+from tests.support_kernel import make_kernel_tree
+from tests.support_registry import make_image
+from tests.support_tools import REPO, need
 
 
 def test_changed_parts_are_named_added_removed_or_changed():
@@ -18,17 +28,6 @@ def test_unknown_or_equal_parts_say_nothing_so_the_digests_are_shown():
 def test_explain_after_a_template_edit_names_the_file_through_a_real_build(tmp_path):
     """A real boot=no build of a small OCI image, one template edited, then --explain: inject says
     which template changed (from the parts in its record's info), the steps before it are cached."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    from banger.core import config
-    from banger.kernel import sources
-    from tests.support_kernel import make_kernel_tree
-    from tests.support_registry import make_image
-    from tests.support_tools import REPO, need
-
     need("mkfs.ext4", "debugfs", "depmod")
     layout = tmp_path / "layout"
     make_image(layout, "v1", {"etc/os-release": b"ID=small\n", "etc/inittab": b"::sysinit:/etc/init.d/rcS\n",
