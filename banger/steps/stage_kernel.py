@@ -98,19 +98,20 @@ def mask_static_nodes_unit(image: Path) -> bool:
     or an admin's own unit) is left alone."""
     mask = f"{MASK_DIR}/{STATIC_NODES_UNIT}"
     units = [f"{d}/{STATIC_NODES_UNIT}" for d in UNIT_DIRS]
-    found = _stat(image, [mask, *units])
-    if not any(NOT_FOUND in line for line in found[0].output):
+    parents = ("/etc", "/etc/systemd", MASK_DIR)
+    blocks = _stat(image, [mask, *units, *parents])  # one debugfs run for every path known up front
+    if _found(blocks[0]):
         return False
-    unit = next((path for path, block in zip(units, found[1:])
+    unit = next((path for path, block in zip(units, blocks[1:])
                  if any("Type: regular" in line for line in block.output)), None)
     if unit is None:  # no systemd, or a unit this step does not know how to read
         return False
     programs = _exec_start_programs(debugfs.run(image, [f"cat {debugfs.quote(unit)}"])[0].output)
-    if not programs or any(_exists(image, p) for p in programs):
+    if not programs or any(_found(b) for b in _stat(image, programs)):
         return False
     commands: list[str] = []
-    for d in ("/etc", "/etc/systemd", MASK_DIR):
-        if not _exists(image, d):
+    for d, block in zip(parents, blocks[1 + len(units):]):
+        if not _found(block):
             commands += [f"mkdir {debugfs.quote(d)}",
                          *(f"sif {debugfs.quote(d)} {field}" for field in ("mode 040755", "uid 0", "gid 0"))]
     q = debugfs.quote(mask)
@@ -144,8 +145,13 @@ def _stat(image: Path, paths: list[str]) -> list[debugfs.Block]:
     return debugfs.run(image, [f"stat {debugfs.quote(p)}" for p in paths])
 
 
+def _found(block: debugfs.Block) -> bool:
+    """Whether a `stat` block of _stat found its path."""
+    return not any(NOT_FOUND in line for line in block.output)
+
+
 def _exists(image: Path, path: str) -> bool:
-    return not any(NOT_FOUND in line for line in _stat(image, [path])[0].output)
+    return _found(_stat(image, [path])[0])
 
 
 def _modules_dir(image: Path) -> ModulesDir:
