@@ -15,6 +15,7 @@ packages=(
   python3 python3-venv # the venv banger lives in (Debian's python3 is externally managed)
   e2fsprogs            # mkfs.ext4, debugfs, e2fsck
   qemu-system-x86      # the QEMU backend (TCG here, KVM where it works)
+  qemu-utils           # qemu-img: a VM's qcow2 disk over the cached rootfs
   busybox-static       # the generated initramfs
   cpio zstd kmod       # kernel bundles and modules
   openssh-client       # ssh-keygen for the managed key

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from banger.core import digest as dg
-from banger.core import images
+from banger.core import images, pins
 from banger.core.fsutil import remove_tree
 from banger.core.store import TREE, ActionRecord, Store, action_key
 
@@ -52,6 +52,8 @@ def roots(store: Store) -> tuple[set[str], set[str]]:
         k, d = image_closure(store, image)
         keys |= k
         digests |= d
+    for pinned in pins.pinned(store.root).values():  # e.g. the rootfs a VM's disk is backed by
+        digests |= pinned
     return keys, digests
 
 

@@ -189,7 +189,8 @@ class FirecrackerVM(VM):
         super().__init__(choice, config)
         self.api_socket = self.run_dir / "api.sock"
         self.vsock_socket = self.run_dir / "vsock.sock"
-        self.disk = self.run_dir / "rootfs.ext4"
+        # a kept VM brings its own disk; the build's boot check gets a throwaway copy
+        self.disk = self.config.disk or self.run_dir / "rootfs.ext4"
         self.api = FirecrackerAPI(self.api_socket)
         self.firecracker_log = self.run_dir / "firecracker.log"  # its logger (stderr is vmm.log)
         self.tap: Tap | None = None
@@ -200,7 +201,7 @@ class FirecrackerVM(VM):
     def boot_args(self) -> str:
         # is_root_device makes Firecracker add root=/dev/vda itself
         words = [BOOT_ARGS]
-        if self.config.rootfs is not None:
+        if self.config.rootfs is not None or self.config.disk is not None:
             words.append("rw")
         if self.network is not None:
             words.append(self.network.cmdline())
@@ -211,11 +212,13 @@ class FirecrackerVM(VM):
     def _launch(self) -> None:
         cfg = self.config
         kernel = cfg.vmlinux or cfg.kernel
-        if cfg.network:
+        if cfg.tap is not None:  # a tap on banger's bridge, made by the caller
+            self.network = cfg.tap.network
+        elif cfg.network:
             self.tap = Tap.allocate()
             self.tap.create()
             self.network = self.tap.guest_network
-        if cfg.rootfs is not None:
+        if cfg.disk is None and cfg.rootfs is not None:
             fsutil.copy_sparse(cfg.rootfs, self.disk)  # Firecracker writes to its disk
         self.firecracker_log.touch()  # Firecracker's logger does not create its file
         with open(self.console_log, "ab") as console:  # the guest's serial console is stdout
@@ -223,8 +226,8 @@ class FirecrackerVM(VM):
         self._wait_for_api()
         self.configure(kernel)
         self.api.instance_start()
-        if self.tap is not None:
-            self._ssh = (str(self.tap.guest_ip), 22)
+        if self.network is not None:
+            self._ssh = (self.network.address.split("/")[0], 22)
 
     def configure(self, kernel: Path) -> None:
         """Every pre-boot request, in order (the contract test checks each against the spec)."""
@@ -232,9 +235,11 @@ class FirecrackerVM(VM):
         self.api.put_logger(self.firecracker_log)
         self.api.put_machine_config(cfg.vcpus, cfg.memory_mib)
         self.api.put_boot_source(kernel, self.boot_args(), cfg.initrd)
-        if cfg.rootfs is not None:
+        if cfg.rootfs is not None or cfg.disk is not None:
             self.api.put_drive("rootfs", self.disk, root=True)
-        if self.tap is not None:
+        if cfg.tap is not None:
+            self.api.put_network_interface("eth0", cfg.tap.name, cfg.tap.mac)
+        elif self.tap is not None:
             self.api.put_network_interface("eth0", self.tap.name, self.tap.guest_mac)
         self.api.put_vsock(GUEST_CID, self.vsock_socket)
 
@@ -259,7 +264,8 @@ class FirecrackerVM(VM):
     def _cleanup(self) -> None:
         if self.tap is not None:
             self.tap.delete()
-        for path in (self.api_socket, self.vsock_socket, self.disk):
+        kept_disk = self.config.disk is not None  # the VM's own disk outlives each boot
+        for path in (self.api_socket, self.vsock_socket) + (() if kept_disk else (self.disk,)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         for stray in self.run_dir.glob(f"{self.vsock_socket.name}_*"):  # guest-initiated vsock sockets

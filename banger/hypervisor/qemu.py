@@ -12,7 +12,8 @@ import struct
 import time
 from pathlib import Path
 
-from banger.hypervisor.vm import VM, GuestNetwork, free_port, port_listening
+from banger.hypervisor.ports import free_port, port_is_free, port_listening
+from banger.hypervisor.vm import VM, GuestNetwork
 
 # QEMU's user-mode network (slirp) defaults
 USER_NET = GuestNetwork(address="10.0.2.15/24", gateway="10.0.2.2", dns="10.0.2.3")
@@ -42,12 +43,15 @@ class QemuVM(VM):
         if self.config.rootfs is not None:
             words += ["root=/dev/vda", "rw"]
         if self.config.network:
-            words.append(USER_NET.cmdline())
+            words.append(self.guest_network().cmdline())
         if self.choice.accel == "tcg" and self.choice.machine == "pc" and self.config.vcpus == 1:
             words.append(TCG_PC_CMDLINE)
         if self.config.cmdline:
             words.append(self.config.cmdline)
         return " ".join(words)
+
+    def guest_network(self) -> GuestNetwork:
+        return self.config.tap.network if self.config.tap is not None else USER_NET
 
     def boot_kernel(self) -> Path:
         """The kernel image QEMU loads: under TCG the uncompressed vmlinux when it has a PVH
@@ -68,25 +72,49 @@ class QemuVM(VM):
                 "-machine", f"{choice.machine},accel={choice.accel}",
                 "-cpu", "host" if choice.accel == "kvm" else TCG_CPU,
                 "-m", str(cfg.memory_mib), "-smp", str(cfg.vcpus),
-                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",  # a guest reboot ends the VM
                 "-serial", f"file:{self.console_log}",
                 "-kernel", str(self.boot_kernel()), "-append", self.cmdline(),
                 "-device", f"virtio-rng-{bus}"]
         if cfg.initrd is not None:
             args += ["-initrd", str(cfg.initrd)]
-        if cfg.rootfs is not None:
+        if cfg.disk is not None:  # the VM's own qcow2 overlay: its writes persist
+            args += ["-drive", f"file={cfg.disk},format=qcow2,if=none,id=rootfs,cache=writeback,discard=unmap",
+                     "-device", f"virtio-blk-{bus},drive=rootfs"]
+        elif cfg.rootfs is not None:
             args += ["-drive", f"file={cfg.rootfs},format=raw,if=none,id=rootfs,snapshot=on,cache=unsafe",
                      "-device", f"virtio-blk-{bus},drive=rootfs"]
-        if ssh_port is not None:
+        if cfg.tap is not None:
+            args += ["-netdev", f"tap,id=net0,ifname={cfg.tap.name},script=no,downscript=no",
+                     "-device", f"virtio-net-{bus},netdev=net0,mac={cfg.tap.mac}"]
+        elif ssh_port is not None:
             args += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                      "-device", f"virtio-net-{bus},netdev=net0"]
+        if cfg.control_socket is not None:  # relative to the run dir QEMU runs in: socket paths are
+            # limited to 108 bytes, and state dirs can be deep
+            sock = cfg.control_socket.name if cfg.control_socket.parent == self.run_dir else cfg.control_socket
+            args += ["-qmp", f"unix:{sock},server=on,wait=off"]
         return args
 
     def _launch(self) -> None:
         # the snapshot=on overlay goes to $TMPDIR: keep it in the run dir
         env = {**os.environ, "TMPDIR": str(self.run_dir)}
+        if self.config.control_socket is not None:
+            self.config.control_socket.unlink(missing_ok=True)
+        if self.config.tap is not None:
+            with open(self.console_log, "ab") as console:
+                self._spawn(self.argv(None), stdout=console, env=env)
+            self.network = self.config.tap.network
+            self._ssh = (str(self.network.address).split("/")[0], 22)
+            return
+        wanted = self.config.ssh_port
         for attempt in range(PORT_ATTEMPTS):
-            port = free_port() if self.config.network else None
+            if not self.config.network:
+                port = None
+            elif attempt == 0 and wanted and port_is_free(wanted):  # a restarted VM keeps its port
+                port = wanted
+            else:
+                port = free_port()
             with open(self.console_log, "ab") as console:
                 self._spawn(self.argv(port), stdout=console, env=env)
             if port is None or self._wait_for_hostfwd(port):
@@ -97,6 +125,10 @@ class QemuVM(VM):
             # another process took the port between free_port() and QEMU's bind: try another
         raise self.failure(f"QEMU could not forward a loopback port to the guest's sshd "
                            f"after {PORT_ATTEMPTS} attempts")
+
+    def _cleanup(self) -> None:
+        if self.config.control_socket is not None:
+            self.config.control_socket.unlink(missing_ok=True)
 
     def _wait_for_hostfwd(self, port: int, timeout: float = 10.0) -> bool:
         """True once QEMU listens on the port; False if it exited because it could not bind it."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import dataclasses
 import os
 import re
@@ -30,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from banger.hypervisor import process
 from banger.hypervisor.choice import Choice
 
 CONSOLE_TAIL_LINES = 40
 KEEP_RUN_DIRS = 20  # console logs of past boots kept under <state>/vms
-PR_SET_PDEATHSIG = 1
 
 
 class VMError(RuntimeError):
@@ -56,6 +55,19 @@ class VMConfig:
     vcpus: int = 1
     cmdline: str = ""  # appended to the backend's console/root/network arguments
     network: bool = True
+    # ---- a VM banger keeps (`banger vm`); None/False for the build's one-off boot check ----
+    disk: Path | None = None  # the VM's own writable disk (QEMU: qcow2 over the rootfs; Firecracker: raw)
+    kept: Path | None = None  # run the VMM under the keeper; its exit status goes to this file
+    ssh_port: int | None = None  # loopback port to forward to the guest's sshd, when still free
+    tap: "TapNIC | None" = None  # bridge networking: a tap banger prepared (instead of user-mode net)
+    control_socket: Path | None = None  # QMP (QEMU) socket
+
+
+@dataclass(frozen=True)
+class TapNIC:
+    name: str
+    mac: str
+    network: "GuestNetwork"
 
 
 @dataclass(frozen=True)
@@ -81,30 +93,6 @@ def new_run_dir(state_dir: Path) -> Path:
     path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     path.mkdir(mode=0o700)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def port_listening(port: int) -> bool:
-    """Is some socket listening on 127.0.0.1:port? (read from /proc: probing by binding the port
-    ourselves could steal it from the VMM that is about to bind it)"""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        next(f)
-        return any(fields[1] == wanted and fields[3] == "0A" for fields in map(str.split, f))
 
 
 def tail_lines(path: Path, n: int = CONSOLE_TAIL_LINES) -> list[str]:
@@ -173,17 +161,6 @@ def _signals_deferred():
             signal.raise_signal(sig)
 
 
-def _die_with_parent() -> Callable[[], None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent already died
-            os._exit(1)
-    return preexec
-
-
 # ---- the VM handle -----------------------------------------------------------------------------------
 class VM:
     """Base class; a backend implements _launch() and may extend _cleanup() and shutdown()."""
@@ -195,11 +172,13 @@ class VM:
         # the VMM runs in the run dir: relative paths would point elsewhere
         self.config = dataclasses.replace(config, **{
             name: Path(os.path.abspath(getattr(config, name)))
-            for name in ("kernel", "run_dir", "initrd", "rootfs", "vmlinux") if getattr(config, name) is not None})
+            for name in ("kernel", "run_dir", "initrd", "rootfs", "vmlinux", "disk", "kept", "control_socket")
+            if getattr(config, name) is not None})
         self.run_dir = self.config.run_dir
         self.console_log = self.run_dir / "console.log"
         self.vmm_log = self.run_dir / "vmm.log"  # the VMM's own stderr
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the VMM, or its keeper for a kept VM
+        self.kept: process.Kept | None = None
         self.network: GuestNetwork | None = None
         self._ssh: tuple[str, int] | None = None
         self._stopped = False
@@ -215,12 +194,14 @@ class VM:
         self.stop()
 
     def start(self) -> None:
-        for what in ("kernel", "initrd", "rootfs", "vmlinux"):
+        for what in ("kernel", "initrd", "rootfs", "vmlinux", "disk"):
             path = getattr(self.config, what)
             if path is not None and not os.access(path, os.R_OK):
                 raise VMError(f"the VM's {what} {path} is missing or unreadable; rebuild the image or "
                               f"reinstall the kernel")
         _install_signal_handlers()
+        with contextlib.suppress(FileNotFoundError):  # a kept VM's console log grows over its boots
+            self._console_offset = self.console_log.stat().st_size
         with _live_lock:
             _live.add(self)
         try:
@@ -234,10 +215,31 @@ class VM:
 
     def _spawn(self, argv: Sequence[str], stdout, env: dict | None = None) -> subprocess.Popen:
         with open(self.vmm_log, "ab") as err:
-            self.process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=err,
-                                            start_new_session=True, preexec_fn=_die_with_parent(),
-                                            env=env, cwd=self.run_dir)
+            if self.config.kept is None:
+                self.process = process.spawn_attached(argv, stdout=stdout, stderr=err, env=env, cwd=self.run_dir)
+            else:
+                if self.kept is not None and self.kept.leash is not None:  # an earlier attempt's
+                    os.close(self.kept.leash)
+                self.config.kept.unlink(missing_ok=True)
+                self.kept = process.spawn_kept(argv, exit_file=self.config.kept, stdout=stdout, stderr=err,
+                                               env=env, cwd=self.run_dir)
+                self.process = self.kept.keeper
         return self.process
+
+    @property
+    def vmm_pid(self) -> int | None:
+        if self.kept is not None:
+            return self.kept.vmm_pid
+        return self.process.pid if self.process is not None else None
+
+    def detach(self) -> None:
+        """A kept VM is ready: it now runs on its own; stop() and exit no longer touch it."""
+        assert self.kept is not None, "only a kept VM can be detached"
+        with _signals_deferred():
+            self.kept.detach()
+            self._stopped = True
+            with _live_lock:
+                _live.discard(self)
 
     @property
     def running(self) -> bool:
@@ -266,6 +268,8 @@ class VM:
 
         Idempotent, and safe to call from any thread or an atexit hook."""
         with _signals_deferred():
+            if self.kept is not None and self.kept.leash is None:
+                return  # detached: the VM is no longer this process's to stop
             if self.process is not None and self.process.poll() is None:
                 self._signal_group(signal.SIGTERM)
                 if not self.wait_exit(grace):
@@ -316,9 +320,11 @@ class VM:
         *complete, self._console_buffer = data.split(b"\n")
         return [line.decode("utf-8", "replace").rstrip("\r") for line in complete]
 
-    def wait_for_console_line(self, pattern: str | re.Pattern, timeout: float, what: str | None = None) -> str:
+    def wait_for_console_line(self, pattern: str | re.Pattern, timeout: float, what: str | None = None,
+                              seen: list[str] | None = None) -> str:
         """Block until a console line matches; the VM exiting or the timeout raise VMError
-        (`what` names the awaited line in that error; default: the pattern)."""
+        (`what` names the awaited line in that error; default: the pattern). Lines read before
+        the match are appended to `seen` when given."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         what = what or repr(regex.pattern)
         deadline = time.monotonic() + timeout
@@ -326,6 +332,8 @@ class VM:
             for line in self._new_console_lines():
                 if regex.search(line):
                     return line
+                if seen is not None:
+                    seen.append(line)
             if not self.running:
                 # one last read: the line may have been written just before the exit
                 for line in self._new_console_lines() + [self._console_buffer.decode("utf-8", "replace")]:

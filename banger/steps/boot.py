@@ -99,7 +99,7 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
         vm.wait_for_console_line(READY_PATTERN, timeout=config.timeout,
                                  what="BANGER_READY (the guest agent's readiness line)")
         timings["console_ready"] = round(time.monotonic() - start, 2)
-        client = _ssh_login(vm, key.private_path, deadline)
+        client = ssh_login(vm, key.private_path, deadline)
         timings["ssh_ready"] = round(time.monotonic() - start, 2)
         try:
             probe = run_probe(client, units())
@@ -132,7 +132,7 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
             "seconds": timings, "console_log": str(vm.console_log), **probe}
 
 
-def _ssh_login(vm: VM, private_key: Path, deadline: float):
+def ssh_login(vm: VM, private_key: Path, deadline: float):
     """An SSH session as root with the managed key, retried until the deadline (sshd may take
     connections before it can serve them)."""
     import paramiko

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.hypervisor import backends, choice as hypervisor, qemu, vm as vmmod
+from banger.hypervisor import backends, choice as hypervisor, ports, qemu, vm as vmmod
 from banger.hypervisor.vm import VMConfig, VMError
 from tests.conftest import need
 from tests.smoke_kernel import smoke_kernel  # noqa: F401 (a fixture)
@@ -67,12 +67,12 @@ def _processes_mentioning(word: str) -> list[int]:
 
 def _assert_gone(pid: int, run_dir: Path, port: int, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline and (_processes_mentioning(f"banger-{run_dir.name}") or vmmod.port_listening(port)):
+    while time.monotonic() < deadline and (_processes_mentioning(f"banger-{run_dir.name}") or ports.port_listening(port)):
         time.sleep(0.1)
     assert _processes_mentioning(f"banger-{run_dir.name}") == [], f"a VM process of {run_dir} is still running"
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    assert not vmmod.port_listening(port) and vmmod.port_is_free(port), f"port {port} is still taken"
+    assert not ports.port_listening(port) and ports.port_is_free(port), f"port {port} is still taken"
 
 
 def test_kernel_boots_to_its_panic_and_everything_is_cleaned_up(smoke_kernel, tcg_choice, tmp_path):
@@ -80,7 +80,7 @@ def test_kernel_boots_to_its_panic_and_everything_is_cleaned_up(smoke_kernel, tc
     vm = backends.create(tcg_choice, VMConfig(kernel=smoke_kernel, run_dir=run_dir, cmdline="panic=-1"))
     with vm:
         port = vm.ssh_port
-        assert vmmod.port_listening(port), "QEMU should forward the SSH port from the start"
+        assert ports.port_listening(port), "QEMU should forward the SSH port from the start"
         banner = vm.wait_for_console_line(r"Linux version \d", timeout=TCG_SLACK)
         assert "cloud-amd64" in banner
         vm.wait_for_console_line(r"Kernel panic - not syncing", timeout=TCG_SLACK)

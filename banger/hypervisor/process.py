@@ -1,0 +1,121 @@
+"""Starting a VMM process and recognising it later.
+
+Two ways to start one:
+  - `spawn_attached`: the VMM dies with this process (PR_SET_PDEATHSIG) — the build's boot check;
+  - `spawn_kept`: the VMM runs under keeper.py, tied to this process by a leash until `detach()`,
+    then on its own — the VMs `banger vm` keeps.
+A pid alone does not identify a process (pids are reused), so records keep the pid together with
+its start time (`/proc/PID/stat` field 22, clock ticks since boot) and `alive()` checks both.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+PR_SET_PDEATHSIG = 1
+KEEPER = Path(__file__).with_name("keeper.py")
+
+
+def _die_with_parent() -> Callable[[], None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent already died
+            os._exit(1)
+    return preexec
+
+
+def spawn_attached(argv: Sequence[str], *, stdout, stderr, env: dict | None, cwd: Path) -> subprocess.Popen:
+    """The VMM in its own session (a Ctrl-C at the terminal reaches banger, not the VMM), killed
+    by the kernel if banger dies."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            start_new_session=True, preexec_fn=_die_with_parent(), env=env, cwd=cwd)
+
+
+@dataclass
+class Kept:
+    keeper: subprocess.Popen  # the keeper process (its own session; the VMM is its child)
+    vmm_pid: int
+    leash: int | None  # write end of the leash pipe; None once detached
+
+    def detach(self) -> None:
+        """The VM is ready: from now on it outlives this process."""
+        if self.leash is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.leash, b"detach\n")
+            os.close(self.leash)
+            self.leash = None
+
+
+def spawn_kept(argv: Sequence[str], *, exit_file: Path, stdout, stderr, env: dict | None, cwd: Path) -> Kept:
+    """The VMM under the keeper. Until detach(), closing the leash (or this process dying) kills it."""
+    leash_r, leash_w = os.pipe()
+    report_r, report_w = os.pipe()
+    os.set_inheritable(leash_w, False)
+    try:
+        keeper = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(KEEPER), str(exit_file), str(report_w), "--", *argv],
+            stdin=leash_r, stdout=stdout, stderr=stderr, start_new_session=True, env=env, cwd=cwd,
+            pass_fds=(report_w,))
+    except BaseException:
+        for fd in (leash_r, leash_w, report_r, report_w):
+            os.close(fd)
+        raise
+    os.close(leash_r)
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as report:
+        line = report.readline()
+    if not line.strip().isdigit():
+        os.close(leash_w)
+        keeper.wait(10)
+        raise OSError(f"the VMM did not start (keeper exited with code {keeper.returncode})")
+    return Kept(keeper, int(line), leash_w)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # field 2 (comm) is in parentheses and may hold spaces: split after its last ')'
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if fields and fields[0] == b"Z":  # a zombie has exited already
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, started: int | None) -> bool:
+    """Is the process `pid` that started at `started` still running (not a reused pid)?"""
+    return bool(pid) and started is not None and start_time(pid) == started
+
+
+def signal_process(pid: int, started: int | None, sig: int) -> bool:
+    """Send `sig` to pid only if it is still the same process; True if sent."""
+    if not alive(pid, started):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        return True
+    return False
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None

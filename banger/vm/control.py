@@ -1,0 +1,113 @@
+"""Talking to a running VM from any banger process: power it off through the guest (SSH with
+the managed key, ACPI over QMP as a fallback), query it, or end the VMM.
+
+QMP goes through the maintained `qemu.qmp` library (imported only here, when a VM is stopped or
+queried). The socket is reached through /proc/self/fd/N/qmp.sock, an O_PATH handle on the VM's
+directory, because unix socket paths are limited to 108 bytes and state dirs can be deep.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+from banger.hypervisor import process
+from banger.vm.records import VMRecord
+
+QMP_TIMEOUT = 5.0
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def qmp(socket_path: Path, command: str, **arguments) -> dict | None:
+    """Run one QMP command; None when the socket does not answer."""
+    if not socket_path.exists():
+        return None
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    with _short_path(socket_path) as short:
+        monitor = QEMUMonitorProtocol(short)
+        try:
+            monitor.connect(negotiate=True)
+            monitor.settimeout(QMP_TIMEOUT)
+            return monitor.cmd(command, **arguments) if arguments else monitor.cmd(command)
+        except Exception:  # the VM went away, or its QMP is busy: the caller falls back
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                monitor.close()
+
+
+def guest_poweroff(record: VMRecord, private_key: Path, timeout: float = 10.0) -> bool:
+    """Ask the guest to power off over SSH (its service manager stops units cleanly)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())
+    try:
+        client.connect(record.address, record.ssh_port, username="root", key_filename=str(private_key),
+                       look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
+                       auth_timeout=timeout)
+        if record.host_key and _key_line(client) != record.host_key:
+            return False  # not our VM answering on that address: do not send it anything
+        client.exec_command("systemctl poweroff || poweroff", timeout=timeout)
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _key_line(client) -> str:
+    key = client.get_transport().get_remote_server_key()
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def acpi_poweroff(vm_dir: Path, record: VMRecord) -> bool:
+    if record.backend == "qemu":
+        return qmp(vm_dir / "qmp.sock", "system_powerdown") is not None
+    from banger.hypervisor.firecracker import FirecrackerAPI, FirecrackerError
+
+    try:  # Firecracker's guest reboots on Ctrl-Alt-Del, which ends the Firecracker process
+        FirecrackerAPI(vm_dir / "api.sock").send_ctrl_alt_del()
+        return True
+    except FirecrackerError:
+        return False
+
+
+def wait_gone(record: VMRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process.alive(record.vmm_pid, record.vmm_start):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def kill(vm_dir: Path, record: VMRecord) -> None:
+    """End the VMM now: QMP `quit` (QEMU flushes its disk), then SIGTERM, then SIGKILL."""
+    if record.backend == "qemu":
+        qmp(vm_dir / "qmp.sock", "quit")
+        if wait_gone(record, 5.0):
+            return
+    process.signal_process(record.vmm_pid, record.vmm_start, signal.SIGTERM)
+    if not wait_gone(record, 10.0):
+        process.signal_process(record.vmm_pid, record.vmm_start, signal.SIGKILL)
+        wait_gone(record, 10.0)
+
+
+def wait_exit_file(vm_dir: Path, timeout: float = 5.0) -> None:
+    """The keeper writes exit.json right after the VMM ends: give it a moment."""
+    deadline = time.monotonic() + timeout
+    while not (vm_dir / "exit.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

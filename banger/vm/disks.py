@@ -1,0 +1,64 @@
+"""A VM's own disk over the cached rootfs; the cached image is never written.
+
+QEMU: a qcow2 overlay whose backing file is the cached raw image (QEMU opens a backing file
+read-only), created by `qemu-img`; it holds only the blocks the VM writes. Firecracker: a raw
+copy, a reflink where the filesystem can, sparse otherwise. A disk bigger than the image is
+grown by the guest at its first boot (banger.grow=1: resize2fs on its root).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from banger.core import fsutil
+from banger.vm.records import VMStateError
+
+SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.I)
+
+
+def parse_size(text: str, what: str, example: str) -> int:
+    """"2G", "512M", "1024K" or plain bytes -> bytes."""
+    m = SIZE_RE.match(str(text))
+    if not m or int(m.group(1)) == 0:
+        raise VMStateError(f"{what} {text!r} is not a size; use e.g. {example}")
+    return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+
+
+def disk_name(backend: str) -> str:
+    return "disk.qcow2" if backend == "qemu" else "disk.raw"
+
+
+def create(backend: str, base: Path, dest: Path, size: int) -> None:
+    """Make dest, a disk of `size` bytes whose contents are base's (a raw ext4 image)."""
+    base_size = base.stat().st_size
+    if size < base_size:
+        raise VMStateError(f"--disk-size {size // 2**20}M is smaller than the image ({base_size // 2**20}M); "
+                           f"give at least {-(-base_size // 2**20)}M")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        if backend == "qemu":
+            qemu_img = shutil.which("qemu-img")
+            if qemu_img is None:
+                raise VMStateError("`qemu-img` is not installed; install the qemu-utils package")
+            proc = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base.resolve()),
+                                   "-o", "lazy_refcounts=on", str(tmp), str(size)],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise VMStateError(f"qemu-img could not create the VM's disk: "
+                                   f"{' '.join(proc.stderr.split()) or proc.returncode}")
+        else:
+            fsutil.copy_sparse(base, tmp)
+            os.truncate(tmp, size)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def allocated_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0

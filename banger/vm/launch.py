@@ -1,0 +1,103 @@
+"""Boot a kept VM: start its VMM under the keeper, wait for the guest agent's readiness line,
+pin the host key the agent printed on the console, log in once over SSH to prove the key and
+the login, publish `NAME.vm` in the ssh config, then detach so the VM outlives banger.
+
+Until the detach, the VM is this process's: an error, Ctrl-C or SIGTERM stops it (and a SIGKILL
+of this process makes the keeper kill it), and the record then says stopped or crashed, never
+running.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from banger.core.config import Dirs
+from banger.core.store import Store
+from banger.hypervisor import process
+from banger.hypervisor.backends import create as create_vm
+from banger.hypervisor.choice import choose
+from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig, VMError
+from banger.rootfs import guest_assets
+from banger.rootfs.sshkey import ensure_key
+from banger.steps.boot import QUIET_CONSOLE, READY_PATTERN, ssh_login
+from banger.vm import access, network, records
+from banger.vm.records import VMRecord
+
+BOOT_TIMEOUT = 300.0  # seconds from start to SSH login (TCG is slow)
+
+
+def kernel_cmdline(record: VMRecord, settings: dict) -> str:
+    extra = str((settings.get("boot") or {}).get("cmdline", ""))
+    identity = guest_assets.identity_cmdline(record.name, record.id, record.grow)
+    return " ".join(w for w in ["panic=-1", QUIET_CONSOLE, identity, extra] if w)
+
+
+def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None] = lambda m: None,
+         timeout: float | None = None) -> VMRecord:
+    """Start the VM (the caller holds its lock); returns the record, saved as running."""
+    timeout = timeout or float((settings.get("boot") or {}).get("timeout", BOOT_TIMEOUT))
+    vm_dir = records.vm_dir(dirs.state, record.name)
+    store = Store(Path(record.cache))
+    paths = {k: store.path(v) for k, v in record.artifacts.items()}
+    choice = choose(record.backend)
+    key = ensure_key(dirs.state)
+    tap = None
+    if record.net == "bridge":
+        lease = network.attach(dirs, settings, record.name)
+        tap = TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
+    config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
+                      disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=record.memory_mib, vcpus=record.vcpus,
+                      cmdline=kernel_cmdline(record, settings), kept=vm_dir / "exit.json",
+                      ssh_port=record.ssh_port or None, tap=tap,
+                      control_socket=vm_dir / "qmp.sock" if choice.backend == "qemu" else None)
+    vm = create_vm(choice, config)
+    record.state, record.reason, record.stop_requested = "starting", "", False
+    record.accel, record.machine = choice.accel, choice.machine
+    records.save(dirs.state, record)
+    log(f"{record.name}: booting ({choice.backend}/{choice.accel}/{choice.machine}, {record.vcpus} vCPU, "
+        f"{record.memory_mib} MiB)")
+    start = time.monotonic()
+    try:
+        vm.start()
+        record.vmm_pid = vm.vmm_pid or 0
+        record.vmm_start = process.start_time(record.vmm_pid)
+        record.console_offset = vm._console_offset
+        record.address, record.ssh_port = vm.ssh_address
+        records.save(dirs.state, record)
+        seen: list[str] = []
+        ready = vm.wait_for_console_line(READY_PATTERN, timeout=timeout, seen=seen,
+                                         what="BANGER_READY (the guest agent's readiness line)")
+        words = ready.split()
+        offered = guest_assets.parse_hostkey_lines(seen, words[1] if len(words) > 1 else None)
+        client = ssh_login(vm, key.private_path, start + timeout)
+        try:
+            served = client.get_transport().get_remote_server_key()
+            served_line = f"{served.get_name()} {served.get_base64()}"
+        finally:
+            client.close()
+        if offered and served_line not in offered:
+            raise vm.failure(f"the VM's sshd presented a host key its console did not announce "
+                             f"({served_line[:40]}...); refusing to trust it")
+        if not offered:
+            log(f"{record.name}: the guest printed no host key (an image built by an older banger?); "
+                f"trusting the key its sshd presented on first use")
+        record.host_key = served_line
+        access.publish(dirs, settings, record)
+        vm.detach()
+    except BaseException as exc:
+        vm.stop()  # not detached: the VMM and its keeper go
+        if tap is not None:
+            network.release(dirs, settings, record.name)
+        record.vmm_pid, record.vmm_start = 0, None
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        record.state = "stopped" if interrupted else "crashed"
+        record.reason = "interrupted while starting" if interrupted else str(exc).splitlines()[0]
+        records.save(dirs.state, record)
+        raise
+    record.state, record.grow = "running", False
+    record.boots += 1
+    record.started_at = time.time()
+    records.save(dirs.state, record)
+    log(f"{record.name}: ready in {time.monotonic() - start:.1f} s")
+    return record
