@@ -24,6 +24,7 @@ packages=(
   docker-registry      # the local registry the demo and the tests start
   apache2-utils        # htpasswd for the Basic-auth registry test
   lz4 iproute2 systemd util-linux   # tests: lz4 payloads, tap devices, systemd-analyze verify, setpriv
+  nftables             # nft: outbound NAT for `banger vm create --net bridge` (banger's own table)
   git                  # tests: the cache-compatibility test runs an earlier commit's code
   time                 # GNU time: peak RSS in bench/
   ca-certificates
