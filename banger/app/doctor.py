@@ -34,6 +34,8 @@ REQUIRED = [  # (command, what needs it, Debian package)
     ("depmod", "index kernel modules (kernel pull / import)", "kmod"),
     ("dpkg-deb", "import Debian kernel packages (kernel pull debian:...)", "dpkg"),
     ("apt-get", "pull Debian kernels and the initramfs's busybox-static", "apt"),
+    ("qemu-img", "banger vm create (each VM's qcow2 disk over the cached image)", "qemu-utils"),
+    ("ssh", "banger vm ssh, ssh NAME.vm", "openssh-client"),
 ]
 
 OPTIONAL = [
@@ -41,6 +43,7 @@ OPTIONAL = [
      "debootstrap"),
     ("skopeo", "banger demo (pushes its image to the local registry) and the registry tests", "skopeo"),
     ("docker-registry", "banger demo (its local registry) and the registry tests", "docker-registry"),
+    ("nft", "banger vm create --net bridge (outbound NAT)", "nftables"),
     ("umoci", "tests that unpack OCI layouts to compare with banger's trees", "umoci"),
     ("busybox", "tests that run the guest scripts under busybox sh", "busybox-static"),
 ]
@@ -54,7 +57,29 @@ def checks() -> list[Check]:
                      "" if fc else "install the firecracker release binary on a KVM host and put it on PATH",
                      required=False, state=OK if fc else ABSENT, needed_by="hypervisor=firecracker"))
     out.append(kvm_check())
+    out.append(dns_check())
     return out
+
+
+def dns_check() -> Check:
+    """Whether NAME.vm resolves beyond ssh (bridge mode with systemd-resolved): informational."""
+    from banger.net.dns import dns_status
+
+    line = dns_status()
+    resolved = line.startswith("systemd-resolved runs")
+    return Check("NAME.vm names", resolved, line, "" if resolved else "ssh NAME.vm works through ~/.ssh/config",
+                 required=False, state=OK if resolved else ABSENT, needed_by="resolving NAME.vm outside ssh")
+
+
+def fix_network(dirs: Dirs) -> list[str]:
+    """`banger doctor --fix`: remove the bridge leases, taps and NAT of VMs that no longer exist."""
+    from banger.net import bridge
+
+    try:
+        settings = bridge.BridgeSettings.from_config(load_config(dirs))
+        return bridge.cleanup(dirs.state, settings, keep=lambda vm: (dirs.state / "vms" / vm / "vm.json").exists())
+    except bridge.NetError as exc:
+        return [f"not fixed: {exc}"]
 
 
 def _tool(cmd: str, purpose: str, package: str, required: bool) -> Check:
@@ -69,7 +94,9 @@ def _tool(cmd: str, purpose: str, package: str, required: bool) -> Check:
 
 def kvm_check() -> Check:
     """/dev/kvm is optional (QEMU falls back to TCG); present but emulated is not "missing"."""
-    from banger.hypervisor import kvm
+    from banger.core.config import Dirs, load_config
+from banger.core.config import Dirs, load_config
+from banger.hypervisor import kvm
 
     device = kvm.DEVICE
     if not os.path.exists(device):
