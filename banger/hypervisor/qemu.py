@@ -34,20 +34,30 @@ PORT_ATTEMPTS = 3
 HOSTFWD_FAILED = "Could not set up host forwarding rule"
 
 
+def direct_boot_cmdline(*, rootfs: bool, network: bool, tcg_pc_single_cpu: bool, extra: str) -> str:
+    """The kernel command line of a QEMU -kernel boot: serial console, the virtio disk as a
+    read-write root, the user-net guest address for banger's network agent, TCG_PC_CMDLINE on
+    a one-vCPU `-M pc` under TCG, then `extra`. (`banger image export` writes it too.)"""
+    words = ["console=ttyS0"]
+    if rootfs:
+        words += ["root=/dev/vda", "rw"]
+    if network:
+        words.append(USER_NET.cmdline())
+    if tcg_pc_single_cpu:
+        words.append(TCG_PC_CMDLINE)
+    if extra:
+        words.append(extra)
+    return " ".join(words)
+
+
 class QemuVM(VM):
     backend = "qemu"
 
     def cmdline(self) -> str:
-        words = ["console=ttyS0"]
-        if self.config.rootfs is not None:
-            words += ["root=/dev/vda", "rw"]
-        if self.config.network:
-            words.append(USER_NET.cmdline())
-        if self.choice.accel == "tcg" and self.choice.machine == "pc" and self.config.vcpus == 1:
-            words.append(TCG_PC_CMDLINE)
-        if self.config.cmdline:
-            words.append(self.config.cmdline)
-        return " ".join(words)
+        cfg, choice = self.config, self.choice
+        return direct_boot_cmdline(rootfs=cfg.rootfs is not None, network=cfg.network,
+                                   tcg_pc_single_cpu=choice.accel == "tcg" and choice.machine == "pc" and cfg.vcpus == 1,
+                                   extra=cfg.cmdline)
 
     def boot_kernel(self) -> Path:
         """The kernel image QEMU loads: under TCG the uncompressed vmlinux when it has a PVH
