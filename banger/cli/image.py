@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 
-from banger.cli.common import emit, fail, store, typer_app
+from banger.cli.common import dirs, emit, fail, store, typer_app
 
 image_app = typer_app(no_args_is_help=True, help="Named images built by `banger build`.")
 
@@ -47,3 +48,19 @@ def image_rm(name: str) -> None:
     except ImageError as exc:
         fail(str(exc))
     typer.echo(f"removed image {name} (run `banger cache gc` to reclaim space)")
+
+
+@image_app.command("export")
+def image_export(name: str, dest: Path = typer.Argument(..., metavar="DIR"),
+                 force: bool = typer.Option(False, "--force", help="Overwrite files DIR already holds."),
+                 as_json: bool = typer.Option(False, "--json", help="Print {file: path} as JSON.")) -> None:
+    """Copy the image's boot files into DIR (rootfs.ext4, bzImage, vmlinux, initrd.img, cmdline,
+    run-qemu.sh): your own copies to boot with QEMU; writing to them never touches the cache."""
+    from banger.app.export import ExportError, boot_settings, export_files, summary_lines
+    from banger.core.images import ImageError
+
+    try:
+        written = export_files(store(), name, dest, force, boot=boot_settings(dirs()))
+    except (ImageError, ExportError) as exc:
+        fail(str(exc))
+    emit({f: str(p) for f, p in written.items()}, as_json, summary_lines(written, dirs()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -13,12 +14,13 @@ from typing import Iterator
 FICLONE = 0x40049409
 
 
-def copy_sparse(src: Path, dst: Path) -> None:
-    """Copy a (sparse) disk image: reflink where the filesystem can, else copy only data extents."""
+def copy_sparse(src: Path, dst: Path) -> str:
+    """Copy a (sparse) disk image: reflink where the filesystem can, else copy only data extents
+    (holes stay holes). Returns "reflink" or "sparse". Either way, writes to dst never reach src."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            return
+            return "reflink"
         except OSError:
             pass
         size = os.fstat(fin.fileno()).st_size
@@ -29,11 +31,28 @@ def copy_sparse(src: Path, dst: Path) -> None:
             except OSError:  # ENXIO: only a hole is left
                 break
             hole = os.lseek(fin.fileno(), data, os.SEEK_HOLE)
-            pos = data
-            while pos < hole:
-                pos += os.copy_file_range(fin.fileno(), fout.fileno(), hole - pos, pos, pos)
+            _copy_range(fin.fileno(), fout.fileno(), data, hole)
             offset = hole
         os.ftruncate(fout.fileno(), size)
+    return "sparse"
+
+
+def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
+    """Bytes [start, end) at the same offsets: copy_file_range, or pread/pwrite where the kernel
+    refuses it (across filesystems on some kernels, some FUSE or network filesystems)."""
+    pos = start
+    while pos < end:
+        try:
+            n = os.copy_file_range(fin, fout, end - pos, pos, pos)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            n = 0
+        if n == 0:  # refused (or the source shrank): plain reads and writes for the rest
+            while pos < end and (chunk := os.pread(fin, min(end - pos, 1 << 20), pos)):
+                pos += os.pwrite(fout, chunk, pos)
+            return
+        pos += n
 
 
 def first_difference(a: Path, b: Path, block: int = 4096) -> str | None:

@@ -35,20 +35,32 @@ PORT_ATTEMPTS = 3
 HOSTFWD_FAILED = "Could not set up host forwarding rule"
 
 
+def direct_boot_cmdline(*, rootfs: bool, network: "bool | GuestNetwork", tcg_pc_single_cpu: bool, extra: str) -> str:
+    """The kernel command line of a QEMU -kernel boot: serial console, the virtio disk as a
+    read-write root, the guest address for banger's network agent (network=True: user-mode
+    networking's), TCG_PC_CMDLINE on
+    a one-vCPU `-M pc` under TCG, then `extra`. (`banger image export` writes it too.)"""
+    words = ["console=ttyS0"]
+    if rootfs:
+        words += ["root=/dev/vda", "rw"]
+    if network:
+        words.append((USER_NET if network is True else network).cmdline())
+    if tcg_pc_single_cpu:
+        words.append(TCG_PC_CMDLINE)
+    if extra:
+        words.append(extra)
+    return " ".join(words)
+
+
 class QemuVM(VM):
     backend = "qemu"
 
     def cmdline(self) -> str:
-        words = ["console=ttyS0"]
-        if self.config.rootfs is not None:
-            words += ["root=/dev/vda", "rw"]
-        if self.config.network:
-            words.append(self.guest_network().cmdline())
-        if self.choice.accel == "tcg" and self.choice.machine == "pc" and self.config.vcpus == 1:
-            words.append(TCG_PC_CMDLINE)
-        if self.config.cmdline:
-            words.append(self.config.cmdline)
-        return " ".join(words)
+        cfg, choice = self.config, self.choice
+        return direct_boot_cmdline(rootfs=cfg.rootfs is not None or cfg.disk is not None,
+                                   network=self.guest_network() if cfg.network else False,
+                                   tcg_pc_single_cpu=choice.accel == "tcg" and choice.machine == "pc" and cfg.vcpus == 1,
+                                   extra=cfg.cmdline)
 
     def guest_network(self) -> GuestNetwork:
         return self.config.tap.network if self.config.tap is not None else USER_NET

@@ -75,6 +75,12 @@ def units() -> tuple[str, ...]:
         return DEFAULT_UNITS
 
 
+def guest_cmdline(user: str = "") -> str:
+    """The kernel arguments the boot step appends to the backend's: reboot (so the VMM exits) on
+    a panic, a quiet console, then the user's boot.cmdline (later words win)."""
+    return " ".join(["panic=-1", QUIET_CONSOLE, user]).strip()
+
+
 def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: BootConfig, dirs: config.Dirs,
                    *, vmlinux: Path | None = None, log: Callable[[str], None] = lambda msg: None) -> dict:
     """Boot, wait for readiness, probe, shut down; the probe result. Raises VMError (with the
@@ -91,7 +97,7 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
     run_dir = new_run_dir(dirs.state)
     vm = create(choice, VMConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, vmlinux=vmlinux, run_dir=run_dir,
                                  memory_mib=config.memory_mib, vcpus=config.vcpus,
-                                 cmdline=" ".join(["panic=-1", QUIET_CONSOLE, config.cmdline]).strip()))
+                                 cmdline=guest_cmdline(config.cmdline)))
     timings: dict[str, float] = {}
     start = time.monotonic()
     with vm:
