@@ -10,6 +10,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from banger.core.config import Dirs, load_config
+
 OK, MISSING, ABSENT, NO_ACCEL = "ok", "MISSING", "absent", "no-accel"
 KVM_NEEDED_BY = "Firecracker, and QEMU at hardware speed"
 
@@ -94,9 +96,7 @@ def _tool(cmd: str, purpose: str, package: str, required: bool) -> Check:
 
 def kvm_check() -> Check:
     """/dev/kvm is optional (QEMU falls back to TCG); present but emulated is not "missing"."""
-    from banger.core.config import Dirs, load_config
-from banger.core.config import Dirs, load_config
-from banger.hypervisor import kvm
+    from banger.hypervisor import kvm
 
     device = kvm.DEVICE
     if not os.path.exists(device):
