@@ -22,7 +22,7 @@ from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
 from tests.support_tools import REPO, need
 
-PINNED = "738239e5630beb42b0913aa32ddab5f34f679cf4"  # stage-kernel 3 (kmod-static-nodes mask), boot 4 (failed units)
+PINNED = "2cb2b2af4df2764fe58e86e51a1bbea0c25ad7ce"  # inject assets 3 (identity.sh, BANGER_HOSTKEY)
 RELEASE = "6.1.0-99-amd64"
 
 

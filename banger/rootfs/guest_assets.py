@@ -1,11 +1,15 @@
 """The files banger puts into every guest, rendered from the jinja2 templates in `templates/`.
 
 Everything the guest runs is a POSIX sh script (images may have no Python):
+    identity.sh     a persistent VM's own host name, machine id and sshd host keys, set on the
+                    first boot with a new banger.id= (identity_cmdline); nothing without one
     network.sh      configure the first NIC (values from NETWORK_ENV, or banger.ip= etc. on the
                     kernel command line, which wins)
     sshd-keys.sh    create sshd's ed25519 host key when the image has none
     first-boot.sh   install openssh-server with the distro's package manager (marker-driven)
-    agent.sh        print `BANGER_READY <boot-id>` on the serial console once units started
+    agent.sh        print `BANGER_READY <boot-id>` on the serial console once units started,
+                    after the sshd host key as `BANGER_HOSTKEY <boot-id> <type> <base64>`
+                    (parse_hostkey_lines)
 plus systemd units (enabled by `multi-user.target.wants` links and a preset file), or, for an
 image without systemd, one /etc/inittab line that runs sysv-boot.sh (busybox init, sysvinit).
 
@@ -21,17 +25,22 @@ template reruns only the inject step and the ones after it.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-
+from typing import Iterable
 
 from banger.core import digest as dg
 
-ASSETS_FORMAT = "2"  # bump when the mapping below (paths, modes, which files) changes
+ASSETS_FORMAT = "3"  # bump when the mapping below (paths, modes, which files) changes; 3: identity
 READY_PREFIX = "BANGER_READY"  # the agent's console line: "BANGER_READY <boot-id>"
+HOSTKEY_PREFIX = "BANGER_HOSTKEY"  # the agent's key lines before it: "BANGER_HOSTKEY <boot-id> <type> <base64>"
+IDENTITY_MARKER = "/var/lib/banger/vm-id"  # the banger.id identity.sh last set up (in the guest)
 VSOCK_READY_PORT = 10789  # the agent also sends the line to host CID 2 on this port
 SCRIPTS_DIR = "/usr/lib/banger"
 NETWORK_ENV = "/etc/banger/network.env"
@@ -44,9 +53,9 @@ SYSV_HOOK = f"{SCRIPTS_DIR}/sysv-boot.sh"
 # empty) and ignores runlevels; sysvinit needs a 1-4 character id and runlevels.
 INITTAB_LINES = {"busybox": f"::once:{SYSV_HOOK}", "sysvinit": f"bngr:2345:once:{SYSV_HOOK}"}
 WANTS_DIR = "/etc/systemd/system/multi-user.target.wants"
-UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boot.service",
-         "banger-agent.service")
-SCRIPTS = ("network.sh", "sshd-keys.sh", "first-boot.sh", "agent.sh", "sysv-boot.sh")
+UNITS = ("banger-identity.service", "banger-network.service", "banger-sshd-keys.service",
+         "banger-first-boot.service", "banger-agent.service")
+SCRIPTS = ("identity.sh", "network.sh", "sshd-keys.sh", "first-boot.sh", "agent.sh", "sysv-boot.sh")
 PRESET = "80-banger.preset"
 # units whose templates set StartupCPUWeight= (agent.sh restores their weight after the boot)
 STARTUP_WEIGHTED_UNITS = ("ssh.service", "sshd.service", "banger-network.service",
@@ -165,6 +174,8 @@ def render_params(network: NetworkSettings) -> dict:
     return {
         "network": network.params(),
         "ready_prefix": READY_PREFIX,
+        "hostkey_prefix": HOSTKEY_PREFIX,
+        "identity_marker": IDENTITY_MARKER,
         "vsock_port": VSOCK_READY_PORT,
         "scripts_dir": SCRIPTS_DIR,
         "network_env": NETWORK_ENV,
@@ -252,3 +263,52 @@ def with_inittab_hook(inittab: bytes, style: str) -> bytes:
         return inittab
     lines = [x for x in lines if SYSV_HOOK not in x or x.lstrip().startswith("#")] + [line]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+# ---- a persistent VM's identity (identity.sh) and host key (agent.sh) -------------------------
+VM_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one DNS label, lowercase
+VM_ID = re.compile(r"[0-9a-f]{32}")  # a machine id (machine-id(5)): 128 bits in lowercase hex
+HOSTKEY_LINE = re.compile(rf"\s*{HOSTKEY_PREFIX}\s+(\S+)\s+([A-Za-z0-9@.-]+)\s+([A-Za-z0-9+/]+={{0,2}})\s*")
+
+
+def identity_cmdline(name: str, vm_id: str, grow: bool, systemd: bool = True) -> str:
+    """The kernel command line words that make a boot VM `name` with machine id `vm_id`:
+    `banger.name=NAME banger.id=ID`, `banger.grow=1` when the root file system should grow to its
+    device, and for systemd images `systemd.hostname=NAME systemd.machine_id=ID` (applied by
+    systemd itself before any unit runs). identity.sh acts on the first boot with a new id."""
+    if not isinstance(name, str) or not VM_NAME.fullmatch(name):
+        raise AssetError(f"VM name {name!r} is not a host name: use a-z, 0-9 and inner '-', at most 63 characters")
+    if not isinstance(vm_id, str) or not VM_ID.fullmatch(vm_id) or not vm_id.strip("0"):
+        raise AssetError(f"VM id {vm_id!r} is not a machine id: use 32 lowercase hex digits, not all 0 "
+                         f"(e.g. uuid.uuid4().hex)")
+    words = [f"banger.name={name}", f"banger.id={vm_id}"]
+    if grow:
+        words.append("banger.grow=1")
+    if systemd:
+        words += [f"systemd.hostname={name}", f"systemd.machine_id={vm_id}"]
+    return " ".join(words)
+
+
+def parse_hostkey_lines(lines: Iterable[str], boot_id: str | None = None) -> list[str]:
+    """The sshd host keys ("ssh-ed25519 AAAA...") in the agent's console lines, in order, each
+    once (the line can reach the log through two consoles); with `boot_id`, only that boot's. A
+    line whose base64 is not a key blob of the type it names is skipped."""
+    keys: list[str] = []
+    for line in lines:
+        m = HOSTKEY_LINE.fullmatch(line)
+        if not m or (boot_id is not None and m.group(1) != boot_id):
+            continue
+        key = f"{m.group(2)} {m.group(3)}"
+        if key not in keys and _blob_names(m.group(3), m.group(2)):
+            keys.append(key)
+    return keys
+
+
+def _blob_names(data: str, key_type: str) -> bool:
+    """An SSH public key blob starts with its type as an SSH string (uint32 length, bytes)."""
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    size = int.from_bytes(blob[:4], "big")
+    return len(blob) > 4 and blob[4:4 + size] == key_type.encode()

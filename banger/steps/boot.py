@@ -39,8 +39,8 @@ QUIET_CONSOLE = "loglevel=4 systemd.show_status=error"
 # sshd unit is not Type=notify).
 LOGIN_RETRY_AFTER = 0.25
 POWEROFF_RETRY_AFTER = 20.0  # seconds before a second, forced, poweroff request
-DEFAULT_UNITS = ("banger-network.service", "banger-sshd-keys.service", "banger-first-boot.service",
-                 "banger-agent.service")
+DEFAULT_UNITS = ("banger-identity.service", "banger-network.service", "banger-sshd-keys.service",
+                 "banger-first-boot.service", "banger-agent.service")
 
 
 @dataclass(frozen=True)

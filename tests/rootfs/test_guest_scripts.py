@@ -20,7 +20,7 @@ from tests.conftest import need
 
 NET = ga.NetworkSettings()
 # What the scripts call besides shell builtins; a sandbox PATH holds only these (plus fakes).
-SCRIPT_TOOLS = ("sh", "sed", "head", "tr", "rm", "cat", "mkdir", "sleep", "ssh-keygen")
+SCRIPT_TOOLS = ("sh", "sed", "head", "tr", "rm", "mv", "cat", "mkdir", "sleep", "ssh-keygen")
 
 
 def render(name: str) -> str:
@@ -323,7 +323,7 @@ def test_agent_announces_one_ready_line(scripts, sandbox_bin, tmp_path):
     for c in consoles:
         c.touch()
     env = {"PATH": str(sandbox_bin), "BANGER_BOOT_ID_FILE": str(boot_id),
-           "BANGER_CONSOLES": " ".join(map(str, consoles))}
+           "BANGER_CONSOLES": " ".join(map(str, consoles)), "BANGER_SSH_DIR": str(tmp_path / "no-ssh")}
     proc = run_sh(scripts / "agent.sh", env)
     assert proc.returncode == 0, proc.stderr
     line = f"{ga.READY_PREFIX} 0f3c9a6e-1111-2222-3333-444455556666"

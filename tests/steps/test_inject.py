@@ -110,6 +110,7 @@ def test_inject_systemd_image(tmp_path):
     expected_modes = {
         "/usr/lib/banger/network.sh": 0o755, "/usr/lib/banger/first-boot.sh": 0o755,
         "/usr/lib/banger/agent.sh": 0o755, "/usr/lib/banger/sshd-keys.sh": 0o755,
+        "/usr/lib/banger/identity.sh": 0o755,
         "/etc/banger/network.env": 0o644, "/etc/ssh/sshd_config.d/banger.conf": 0o644,
         "/root/.ssh/authorized_keys": 0o600, "/var/lib/banger/first-boot-pending": 0o644,
         "/usr/lib/systemd/system-preset/80-banger.preset": 0o644,
