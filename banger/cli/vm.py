@@ -142,7 +142,10 @@ def ssh(name: str, command: Optional[List[str]] = typer.Argument(None, metavar="
     record = _run(lifecycle.get, d, name)
     if record.state != "running":
         fail(f"{name} is {record.state}; `banger vm start {name}` starts it")
-    argv = access.ssh_argv(d, record, list(command or []), tty=access.interactive())
+    words = list(command or [])
+    if words[:1] == ["--"]:  # click keeps the separator once interspersed options are off
+        words = words[1:]
+    argv = access.ssh_argv(d, record, words, tty=access.interactive())
     sys.stdout.flush()
     try:
         os.execvp(argv[0], argv)

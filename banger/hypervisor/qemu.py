@@ -85,7 +85,8 @@ class QemuVM(VM):
                 "-cpu", "host" if choice.accel == "kvm" else TCG_CPU,
                 "-m", str(cfg.memory_mib), "-smp", str(cfg.vcpus),
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",  # a guest reboot ends the VM
-                "-serial", f"file:{self.console_log}",
+                # append=on: a kept VM's console log keeps its earlier boots (`-serial file:` truncates)
+                "-chardev", f"file,id=console,path={self.console_log},append=on", "-serial", "chardev:console",
                 "-kernel", str(self.boot_kernel()), "-append", self.cmdline(),
                 "-device", f"virtio-rng-{bus}"]
         if cfg.initrd is not None:

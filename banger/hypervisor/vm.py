@@ -33,7 +33,7 @@ from banger.hypervisor import process
 from banger.hypervisor.choice import Choice
 
 CONSOLE_TAIL_LINES = 40
-KEEP_RUN_DIRS = 20  # console logs of past boots kept under <state>/vms
+KEEP_RUN_DIRS = 20  # console logs of past boot checks kept under <state>/boot-runs (VMs: <state>/vms)
 
 
 class VMError(RuntimeError):
@@ -84,8 +84,8 @@ class GuestNetwork:
 
 
 def new_run_dir(state_dir: Path) -> Path:
-    """<state>/vms/<time>-<random>/, pruning the oldest ones beyond KEEP_RUN_DIRS."""
-    base = Path(state_dir) / "vms"
+    """<state>/boot-runs/<time>-<random>/, pruning the oldest ones beyond KEEP_RUN_DIRS."""
+    base = Path(state_dir) / "boot-runs"
     base.mkdir(parents=True, exist_ok=True)
     old = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name)
     for stale in old[:max(0, len(old) - KEEP_RUN_DIRS + 1)]:
@@ -311,6 +311,8 @@ class VM:
     def _new_console_lines(self) -> list[str]:
         try:
             with open(self.console_log, "rb") as f:
+                if f.seek(0, os.SEEK_END) < self._console_offset:  # truncated: read it anew
+                    self._console_offset, self._console_buffer = 0, b""
                 f.seek(self._console_offset)
                 data = f.read()
         except FileNotFoundError:

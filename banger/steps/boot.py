@@ -6,7 +6,7 @@ banger's units, the system state and the units that failed so far (the probe doe
 the boot's remaining jobs: that would cost ~8-10 s under TCG, and early failures show already);
 the result JSON is the step's output, keyed by the rootfs, kernel and boot config (not by the
 backend `auto` picks, so a cached build never probes /dev/kvm). On any failure the error
-carries the console's last lines and the path of the full log under <state>/vms/<run>/.
+carries the console's last lines and the path of the full log under <state>/boot-runs/<run>/.
 """
 from __future__ import annotations
 

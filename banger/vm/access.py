@@ -45,9 +45,10 @@ def ssh_argv(dirs: Dirs, record: VMRecord, command: list[str], tty: bool) -> lis
             "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "-p", str(record.ssh_port)]
     if command:
         argv.append("-t" if tty else "-T")
-    argv.append(f"root@{record.address}")
+    # `--` before the destination: ssh parses no option after it (it would after the host)
+    argv += ["--", f"root@{record.address}"]
     if command:
-        argv += ["--", shlex.join(command) if len(command) > 1 else command[0]]
+        argv.append(shlex.join(command) if len(command) > 1 else command[0])
     return argv
 
 

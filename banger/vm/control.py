@@ -18,6 +18,7 @@ from banger.hypervisor import process
 from banger.vm.records import VMRecord
 
 QMP_TIMEOUT = 5.0
+POWEROFF_GRACE = 20.0  # seconds for the guest's own poweroff before ACPI is asked too
 
 
 @contextlib.contextmanager
@@ -60,7 +61,9 @@ def guest_poweroff(record: VMRecord, private_key: Path, timeout: float = 10.0) -
                        auth_timeout=timeout)
         if record.host_key and _key_line(client) != record.host_key:
             return False  # not our VM answering on that address: do not send it anything
-        client.exec_command("systemctl poweroff || poweroff", timeout=timeout)
+        _, stdout, _ = client.exec_command("systemctl poweroff || poweroff", timeout=timeout)
+        with contextlib.suppress(Exception):  # the connection may drop as the guest goes down
+            stdout.channel.recv_exit_status()  # closing at once could cut the request short
         return True
     except Exception:
         return False
@@ -71,6 +74,17 @@ def guest_poweroff(record: VMRecord, private_key: Path, timeout: float = 10.0) -
 def _key_line(client) -> str:
     key = client.get_transport().get_remote_server_key()
     return f"{key.get_name()} {key.get_base64()}"
+
+
+def power_off(vm_dir: Path, record: VMRecord, private_key: Path, timeout: float) -> bool:
+    """A clean power-off, True when the VMM ended within `timeout`: the guest's service manager
+    first (over SSH), then ACPI (a request queued while the guest's boot jobs still run can be
+    lost), each given part of the time."""
+    deadline = time.monotonic() + timeout
+    if guest_poweroff(record, private_key) and wait_gone(record, min(POWEROFF_GRACE, timeout)):
+        return True
+    acpi_poweroff(vm_dir, record)
+    return wait_gone(record, max(0.0, deadline - time.monotonic()))
 
 
 def acpi_poweroff(vm_dir: Path, record: VMRecord) -> bool:

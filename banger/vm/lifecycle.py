@@ -113,8 +113,10 @@ def create(dirs: Dirs, opts: CreateOptions, log: Log = lambda m: None) -> VMReco
         raise
 
 
-def get(dirs: Dirs, name: str) -> VMRecord:
-    record = status.reconcile(dirs.state, records.load(dirs.state, name))
+def get(dirs: Dirs, name: str, locked: bool = False) -> VMRecord:
+    """The VM's record, reconciled (`locked`: the caller holds the VM's lock)."""
+    record = records.load(dirs.state, name)
+    record = status.settle(dirs.state, record) if locked else status.reconcile(dirs.state, record)
     if record.net == "bridge" and record.state not in LIVE_STATES:
         with contextlib.suppress(Exception):  # a start that was killed left its tap
             network.release(dirs, load_config(dirs), name)
@@ -131,7 +133,7 @@ def all_vms(dirs: Dirs) -> list[VMRecord]:
 
 def start(dirs: Dirs, name: str, log: Log = lambda m: None) -> VMRecord:
     with records.locked(dirs.state, name):
-        record = get(dirs, name)
+        record = get(dirs, name, locked=True)
         if record.state in LIVE_STATES:
             raise VMStateError(f"{name} is {record.state} already; `banger vm restart {name}` restarts it")
         if found := status.problems(record, dirs.state):
@@ -142,7 +144,7 @@ def start(dirs: Dirs, name: str, log: Log = lambda m: None) -> VMRecord:
 def stop(dirs: Dirs, name: str, force: bool = False, timeout: float = STOP_TIMEOUT,
          log: Log = lambda m: None) -> VMRecord:
     with records.locked(dirs.state, name):
-        return _stop_locked(dirs, get(dirs, name), force, timeout, log)
+        return _stop_locked(dirs, get(dirs, name, locked=True), force, timeout, log)
 
 
 def _stop_locked(dirs: Dirs, record: VMRecord, force: bool, timeout: float, log: Log) -> VMRecord:
@@ -153,15 +155,13 @@ def _stop_locked(dirs: Dirs, record: VMRecord, force: bool, timeout: float, log:
     records.save(dirs.state, record)
     clean = False
     if not force:
-        asked = control.guest_poweroff(record, ensure_key(dirs.state).private_path) or \
-            control.acpi_poweroff(vm_dir, record)
-        clean = asked and control.wait_gone(record, timeout)
+        clean = control.power_off(vm_dir, record, ensure_key(dirs.state).private_path, timeout)
         if not clean:
             log(f"{record.name}: did not power off within {timeout:g} s; stopping it by force")
     if not clean:
         control.kill(vm_dir, record)
     control.wait_exit_file(vm_dir)
-    record = status.reconcile(dirs.state, record)
+    record = status.settle(dirs.state, record)
     if not clean:
         record.reason = "stopped by banger (forced)"
         records.save(dirs.state, record)
@@ -172,7 +172,7 @@ def _stop_locked(dirs: Dirs, record: VMRecord, force: bool, timeout: float, log:
 
 def restart(dirs: Dirs, name: str, force: bool = False, log: Log = lambda m: None) -> VMRecord:
     with records.locked(dirs.state, name):
-        record = _stop_locked(dirs, get(dirs, name), force, STOP_TIMEOUT, log)
+        record = _stop_locked(dirs, get(dirs, name, locked=True), force, STOP_TIMEOUT, log)
         return launch.boot(dirs, load_config(dirs), record, log)
 
 
@@ -183,7 +183,7 @@ def remove(dirs: Dirs, name: str, force: bool = False, log: Log = lambda m: None
         raise VMStateError(f"no VM named {name!r}; `banger vm list --all` shows them")
     with records.locked(dirs.state, name):
         try:
-            record = get(dirs, name)
+            record = get(dirs, name, locked=True)
         except VMStateError:
             if not force:
                 raise

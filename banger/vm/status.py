@@ -76,13 +76,17 @@ def reconcile(state_dir: Path, record: VMRecord) -> VMRecord:
     with records.locked(state_dir, record.name, wait=False) as mine:
         if not mine:  # another command works on it (e.g. a create still booting): trust its record
             return record
-        fresh = records.load(state_dir, record.name)
-        if fresh.state not in LIVE_STATES or vmm_alive(fresh):
-            return fresh
-        fresh.state, fresh.reason = classify_exit(fresh, records.vm_dir(state_dir, fresh.name))
-        fresh.vmm_pid, fresh.vmm_start = 0, None
-        records.save(state_dir, fresh)
-        return fresh
+        return settle(state_dir, records.load(state_dir, record.name))
+
+
+def settle(state_dir: Path, record: VMRecord) -> VMRecord:
+    """reconcile() for a caller that holds the VM's lock."""
+    if record.state not in LIVE_STATES or vmm_alive(record):
+        return record
+    record.state, record.reason = classify_exit(record, records.vm_dir(state_dir, record.name))
+    record.vmm_pid, record.vmm_start = 0, None
+    records.save(state_dir, record)
+    return record
 
 
 def problems(record: VMRecord, state_dir: Path) -> list[str]:
