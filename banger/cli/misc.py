@@ -32,11 +32,15 @@ def version(as_json: bool = typer.Option(False, "--json")) -> None:
     emit(data, as_json, [f"banger {data['version']} (commit {data['commit']}, built {data['build_date']})"])
 
 
-def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
+def doctor(as_json: bool = typer.Option(False, "--json"),
+           fix: bool = typer.Option(False, "--fix", help="Remove bridge leases, taps and NAT rules of VMs that are gone.")) -> None:
     """Which host tools are present or missing (required, then optional), and the fix for each.
     Exits 1 when a required one is missing."""
-    from banger.app.doctor import checks, healthy, lines
+    from banger.app.doctor import checks, fix_network, healthy, lines
 
+    if fix:
+        removed = fix_network(dirs())
+        say("doctor --fix: " + ("; ".join(removed) if removed else "nothing to remove"))
     rows = checks()
     emit([c.__dict__ for c in rows], as_json, lines(rows))
     if not healthy(rows):

@@ -79,7 +79,8 @@ def vmm_processes(name_fragment: str) -> list[int]:
 @pytest.fixture(scope="module")
 def pair(env):
     """Two VMs created at once from one image."""
-    procs = [subprocess.Popen([sys.executable, "-m", "banger", "vm", "create", "vmtest", "--name", n, *SMALL],
+    extra = {"alpha": [], "beta": ["--disk-size", "2G"]}
+    procs = [subprocess.Popen([sys.executable, "-m", "banger", "vm", "create", "vmtest", "--name", n, *SMALL, *extra[n]],
                               env={**os.environ, **env["vars"]}, cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for n in ("alpha", "beta")]
     for p in procs:
@@ -119,6 +120,19 @@ def test_each_vm_is_its_own_machine_and_disk(env, pair):
     assert backing["format"] == "qcow2" and backing["backing-filename-format"] == "raw"
 
 
+def test_disk_size_grows_the_disk_and_the_guest_filesystem(env, pair):
+    sizes = {n: int(ssh(env, n, "df -B1 --output=size / | tail -1").stdout) for n in pair}
+    assert sizes["beta"] > 1.8 * 2**30, sizes  # --disk-size 2G: grown at first boot
+    assert sizes["alpha"] < 1.1 * 2**30, sizes  # the image's own size (1 GiB)
+    assert record(env, "beta")["grow"] is False  # done once
+
+
+def test_logs_show_the_console(env, pair):
+    out = banger(env["vars"], "vm", "logs", pair[0]).stdout
+    assert "BANGER_READY" in out and f"banger-identity: {pair[0]}" in out
+    assert len(banger(env["vars"], "vm", "logs", pair[0], "-n", "3").stdout.splitlines()) <= 3
+
+
 def test_banger_vm_ssh_passes_the_exit_code_through(env, pair):
     proc = banger(env["vars"], "vm", "ssh", pair[0], "--", "sh", "-c", "echo out; exit 7", check=False)
     assert proc.returncode == 7 and proc.stdout.strip() == "out"
@@ -151,8 +165,10 @@ def test_a_killed_vmm_is_reported_crashed_with_the_reason(env, pair):
     assert "crashed" in shown and "console (last lines)" in shown
 
 
-def test_sigkill_of_vm_create_mid_boot_leaves_no_vmm_and_no_running_record(env):
-    create = subprocess.Popen([sys.executable, "-m", "banger", "vm", "create", "vmtest", "--name", "gamma", *SMALL],
+def test_sigkill_of_vm_create_mid_boot_leaves_no_vmm_and_no_running_record(env, debian_image_ref):
+    # build words instead of a name: the (cached) build runs first, then the boot
+    create = subprocess.Popen([sys.executable, "-m", "banger", "vm", "create", f"image={debian_image_ref}",
+                               "name=vmtest", "--name", "gamma", *SMALL],
                               env={**os.environ, **env["vars"]}, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     path = env["state"] / "vms" / "gamma" / "vm.json"
