@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import List, Optional
 
 import typer
@@ -38,18 +37,8 @@ def _run(fn, *args, **kwargs):
         fail("interrupted")
 
 
-def _row(record, state_dir) -> dict:
-    from banger.vm import status
-
-    state, reason = status.display_state(record, state_dir)
-    address = record.address if record.net == "bridge" else (
-        f"127.0.0.1:{record.ssh_port}" if record.ssh_port else "")
-    return {"name": record.name, "image": record.image or record.artifacts.get("rootfs", "")[:19],
-            "state": state, "reason": reason, "address": address, "vcpus": record.vcpus,
-            "memory_mib": record.memory_mib, "created": record.created, "ssh": f"ssh {record.name}.vm"}
-
-
 def _lines(rows: list[dict]) -> list[str]:
+    """The table `vm list` prints."""
     from banger.core.progress import human_bytes
     from banger.vm.records import age
 
@@ -83,7 +72,7 @@ def _show(record, as_json: bool, created: bool = False) -> None:
     from banger.vm import status
 
     d = dirs()
-    row = _row(record, d.state)
+    row = status.row(record, d.state)
     if as_json:
         emit({**record.to_json(), **row, "console_tail": status.console_tail(d.state, record)}, True, [])
         return
@@ -107,10 +96,10 @@ def vm_list(all_: bool = typer.Option(False, "--all", "-a", help="Also stopped, 
             quiet: bool = typer.Option(False, "--quiet", "-q", help="Names only."),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Running VMs (all with --all): NAME IMAGE STATE ADDRESS VCPUS MEMORY CREATED."""
-    from banger.vm import lifecycle
+    from banger.vm import lifecycle, status
 
     d = dirs()
-    rows = sorted((_row(r, d.state) for r in _run(lifecycle.all_vms, d)), key=lambda r: r["created"])
+    rows = sorted((status.row(r, d.state) for r in _run(lifecycle.all_vms, d)), key=lambda r: r["created"])
     if not all_:
         rows = [r for r in rows if r["state"] in ("starting", "running", "stopping")]
     if latest:
@@ -157,28 +146,15 @@ def ssh(name: str, command: Optional[List[str]] = typer.Argument(None, metavar="
 def logs(name: str, follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the VM stops."),
          tail: Optional[int] = typer.Option(None, "--tail", "-n", help="Only the last N lines.")) -> None:
     """The VM's serial console (all its boots)."""
-    from banger.vm import lifecycle, records, status
+    from banger.vm import lifecycle, status
 
     d = dirs()
     record = _run(lifecycle.get, d, name)
-    path = records.vm_dir(d.state, name) / "console.log"
     out = sys.stdout.buffer
     try:
-        with open(path, "rb") as f:
-            if tail is not None:
-                out.write("\n".join(status.console_tail(d.state, record, tail)).encode() + b"\n")
-                f.seek(0, 2)
-            while True:
-                chunk = f.read(65536)
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                    continue
-                if not follow or not status.vmm_alive(record):
-                    break
-                time.sleep(0.2)
-    except FileNotFoundError:
-        pass  # never booted
+        for chunk in status.console_stream(d.state, record, follow=follow, tail=tail):
+            out.write(chunk)
+            out.flush()
     except KeyboardInterrupt:
         pass
 

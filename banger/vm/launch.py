@@ -17,7 +17,7 @@ from banger.core.store import Store
 from banger.hypervisor import process
 from banger.hypervisor.backends import create as create_vm
 from banger.hypervisor.choice import choose
-from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig, VMError
+from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig
 from banger.rootfs import guest_assets
 from banger.rootfs.sshkey import ensure_key
 from banger.steps.boot import QUIET_CONSOLE, READY_PATTERN, ssh_login

@@ -19,6 +19,7 @@ from banger.core.config import Dirs, load_config
 from banger.core.fsutil import remove_tree
 from banger.core.store import Store
 from banger.hypervisor.choice import HypervisorError, choose
+from banger.hypervisor.vm import VMError
 from banger.rootfs.sshkey import ensure_key
 from banger.vm import access, control, disks, launch, network, records, status
 from banger.vm.records import LIVE_STATES, VMRecord, VMStateError
@@ -104,7 +105,12 @@ def create(dirs: Dirs, opts: CreateOptions, log: Log = lambda m: None) -> VMReco
             records.save(dirs.state, record)  # from here on it is a VM (list shows it)
             if opts.start:
                 ensure_key(dirs.state)
-                return launch.boot(dirs, settings, record, log)
+                try:
+                    return launch.boot(dirs, settings, record, log)
+                except VMError as exc:
+                    raise VMError(f"{exc}\n{name} was kept ({record.state}): `banger vm logs {name}` shows its "
+                                  f"console, `banger vm start {name}` tries again, `banger vm rm {name}` "
+                                  f"removes it") from None
             return record
     except BaseException:
         if not (vm_dir / "vm.json").exists():  # nothing half-made stays behind

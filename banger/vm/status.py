@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
+from typing import Iterator
 
 from banger.core.store import Store
 from banger.hypervisor import process
@@ -113,3 +115,36 @@ def display_state(record: VMRecord, state_dir: Path) -> tuple[str, str]:
 
 def console_tail(state_dir: Path, record: VMRecord, n: int = 20) -> list[str]:
     return tail_lines(records.vm_dir(state_dir, record.name) / "console.log", n)
+
+
+def row(record: VMRecord, state_dir: Path) -> dict:
+    """One VM as `vm list` shows it (and --json prints it)."""
+    state, reason = display_state(record, state_dir)
+    address = record.address if record.net == "bridge" else (
+        f"127.0.0.1:{record.ssh_port}" if record.ssh_port else "")
+    return {"name": record.name, "image": record.image or record.artifacts.get("rootfs", "")[:19],
+            "state": state, "reason": reason, "address": address, "vcpus": record.vcpus,
+            "memory_mib": record.memory_mib, "created": record.created, "ssh": f"ssh {record.name}.vm"}
+
+
+def console_stream(state_dir: Path, record: VMRecord, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+    """The console log (all boots), or its last `tail` lines; with `follow`, until the VM stops."""
+    path = records.vm_dir(state_dir, record.name) / "console.log"
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return  # never booted
+    with f:
+        if tail is not None:
+            lines = tail_lines(path, tail)
+            if lines:
+                yield ("\n".join(lines) + "\n").encode()
+            f.seek(0, 2)
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if not follow or not vmm_alive(record):
+                return
+            time.sleep(0.2)
