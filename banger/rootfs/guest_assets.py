@@ -271,11 +271,17 @@ VM_ID = re.compile(r"[0-9a-f]{32}")  # a machine id (machine-id(5)): 128 bits in
 HOSTKEY_LINE = re.compile(rf"\s*{HOSTKEY_PREFIX}\s+(\S+)\s+([A-Za-z0-9@.-]+)\s+([A-Za-z0-9+/]+={{0,2}})\s*")
 
 
-def identity_cmdline(name: str, vm_id: str, grow: bool, systemd: bool = True) -> str:
+SSH_KEY_TYPE = re.compile(r"ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa")
+SSH_KEY_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def identity_cmdline(name: str, vm_id: str, grow: bool, systemd: bool = True, ssh_key: str | None = None) -> str:
     """The kernel command line words that make a boot VM `name` with machine id `vm_id`:
     `banger.name=NAME banger.id=ID`, `banger.grow=1` when the root file system should grow to its
-    device, and for systemd images `systemd.hostname=NAME systemd.machine_id=ID` (applied by
-    systemd itself before any unit runs). identity.sh acts on the first boot with a new id."""
+    device, `banger.ssh_key=TYPE:BASE64` for a public key ("ssh-ed25519 AAAA... comment") that
+    root's authorized_keys must hold, and for systemd images `systemd.hostname=NAME
+    systemd.machine_id=ID` (applied by systemd itself before any unit runs). identity.sh acts on
+    the first boot with a new id (and on the key at every boot)."""
     if not isinstance(name, str) or not VM_NAME.fullmatch(name):
         raise AssetError(f"VM name {name!r} is not a host name: use a-z, 0-9 and inner '-', at most 63 characters")
     if not isinstance(vm_id, str) or not VM_ID.fullmatch(vm_id) or not vm_id.strip("0"):
@@ -284,6 +290,12 @@ def identity_cmdline(name: str, vm_id: str, grow: bool, systemd: bool = True) ->
     words = [f"banger.name={name}", f"banger.id={vm_id}"]
     if grow:
         words.append("banger.grow=1")
+    if ssh_key:
+        parts = ssh_key.split()
+        if len(parts) < 2 or not SSH_KEY_TYPE.fullmatch(parts[0]) or not SSH_KEY_BASE64.fullmatch(parts[1]):
+            raise AssetError(f"{ssh_key[:40]!r}... is not an OpenSSH public key line; remove banger's managed "
+                             f"key under the state dir's ssh/ and banger makes a new one")
+        words.append(f"banger.ssh_key={parts[0]}:{parts[1]}")
     if systemd:
         words += [f"systemd.hostname={name}", f"systemd.machine_id={vm_id}"]
     return " ".join(words)

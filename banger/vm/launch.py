@@ -27,9 +27,9 @@ from banger.vm.records import VMRecord
 BOOT_TIMEOUT = 300.0  # seconds from start to SSH login (TCG is slow)
 
 
-def kernel_cmdline(record: VMRecord, settings: dict) -> str:
+def kernel_cmdline(record: VMRecord, settings: dict, public_key: str) -> str:
     extra = str((settings.get("boot") or {}).get("cmdline", ""))
-    identity = guest_assets.identity_cmdline(record.name, record.id, record.grow)
+    identity = guest_assets.identity_cmdline(record.name, record.id, record.grow, ssh_key=public_key)
     return " ".join(w for w in ["panic=-1", QUIET_CONSOLE, identity, extra] if w)
 
 
@@ -48,7 +48,7 @@ def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None
         tap = TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
     config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
                       disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=record.memory_mib, vcpus=record.vcpus,
-                      cmdline=kernel_cmdline(record, settings), kept=vm_dir / "exit.json",
+                      cmdline=kernel_cmdline(record, settings, key.public_line), kept=vm_dir / "exit.json",
                       ssh_port=record.ssh_port or None, tap=tap,
                       control_socket=vm_dir / "qmp.sock" if choice.backend == "qemu" else None)
     vm = create_vm(choice, config)

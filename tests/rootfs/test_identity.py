@@ -351,3 +351,48 @@ def test_sysv_hook_runs_identity_first_and_only_with_banger_id(scripts, tmp_path
         proc = subprocess.run([SH, "-c", guard], env={"PATH": "", "CMDLINE": str(tmp_path / "cmdline")},
                               capture_output=True, text=True)
         assert (proc.stdout, proc.stderr) == (expected, "")
+
+
+# ---- the host user's key (banger.ssh_key) --------------------------------------------------------
+HOST_KEY = "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + b"k" * 32).decode() + " me@host"
+
+
+def test_the_host_key_is_added_once_and_other_keys_are_kept(scripts, sandbox_bin, guest):
+    auth = guest / "root/.ssh/authorized_keys"
+    auth.parent.mkdir(parents=True)
+    auth.write_text("ssh-ed25519 AAAAimagekey builder\n")
+    cmdline = (f"console=ttyS0 root=/dev/vda rw "
+               f"{ga.identity_cmdline('web-1', VM_ID, False, ssh_key=HOST_KEY)}")
+    proc = boot(scripts, guest, cmdline, sandbox_bin)
+    assert proc.returncode == 0, proc.stderr
+    kind, blob = HOST_KEY.split()[:2]
+    assert auth.read_text() == f"ssh-ed25519 AAAAimagekey builder\n{kind} {blob} banger\n"
+    assert "added the host's key to /root/.ssh/authorized_keys" in proc.stdout
+    assert oct(auth.stat().st_mode & 0o777) == "0o600"
+    # a later boot (same id, key present): no exec at all, nothing written
+    before = snapshot(guest)
+    again = boot(scripts, guest, cmdline, None)
+    assert again.returncode == 0 and again.stdout == "" and again.stderr == ""
+    assert snapshot(guest) == before
+
+
+def test_the_host_key_comes_back_at_a_later_boot_when_it_was_removed(scripts, sandbox_bin, guest):
+    cmdline = f"root=/dev/vda {ga.identity_cmdline('web-1', VM_ID, False, ssh_key=HOST_KEY)}"
+    assert boot(scripts, guest, cmdline, sandbox_bin).returncode == 0
+    auth = guest / "root/.ssh/authorized_keys"
+    auth.write_text("")
+    assert boot(scripts, guest, cmdline, sandbox_bin).returncode == 0
+    assert auth.read_text().startswith("ssh-ed25519 ")
+
+
+def test_a_malformed_key_word_changes_nothing(scripts, sandbox_bin, guest):
+    cmdline = f"root=/dev/vda {ga.identity_cmdline('web-1', VM_ID, False)} banger.ssh_key=ssh-ed25519:a$b"
+    proc = boot(scripts, guest, cmdline, sandbox_bin)
+    assert "not TYPE:BASE64" in proc.stdout
+    assert not (guest / "root/.ssh/authorized_keys").exists()
+
+
+def test_identity_cmdline_refuses_what_is_not_a_public_key():
+    with pytest.raises(ga.AssetError, match="not an OpenSSH public key"):
+        ga.identity_cmdline("web-1", VM_ID, False, ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert "banger.ssh_key=ssh-ed25519:" in ga.identity_cmdline("web-1", VM_ID, False, ssh_key=HOST_KEY)

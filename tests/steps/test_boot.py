@@ -91,7 +91,7 @@ def test_failed_boot_is_not_cached_and_shows_the_console(smoke_kernel, tmp_path)
     assert "exited with code 0 before its console printed BANGER_READY (the guest agent's readiness line)" in message
     assert "Kernel panic - not syncing" in message
     log_line = message.splitlines()[-1]
-    assert log_line.startswith(f"full console log: {dirs.state / 'vms'}/") and log_line.endswith("/console.log")
+    assert log_line.startswith(f"full console log: {dirs.state / 'boot-runs'}/") and log_line.endswith("/console.log")
     assert Path(log_line.split(": ", 1)[1]).exists()
     assert not any(record.step == "boot" for record, _ in store.records())
     assert list((store.root / "staging").iterdir()) == []
