@@ -192,6 +192,25 @@ def test_sigkill_of_vm_create_mid_boot_leaves_no_vmm_and_no_running_record(env, 
     banger(env["vars"], "vm", "rm", "gamma")
 
 
+def test_a_vm_from_an_image_baked_with_another_users_key_lets_its_own_user_in(env):
+    """Another user (own state dir, so another managed key) with the same cache — as after
+    `cache import` of a CI-built image: the image's authorized_keys holds the builder's key."""
+    other = {**env["vars"], "XDG_STATE_HOME": str(env["root"] / "state2"),
+             "BANGER_SSH_CONFIG": str(env["root"] / "ssh_config2")}
+    banger(other, "vm", "create", "vmtest", "--name", "delta", *SMALL)
+    try:
+        theirs = (env["root"] / "state2" / "banger" / "ssh" / "id_ed25519.pub").read_text().split()[1]
+        ours = (env["state"] / "ssh" / "id_ed25519.pub").read_text().split()[1]
+        assert theirs != ours
+        proc = subprocess.run(["ssh", "-F", other["BANGER_SSH_CONFIG"], "-o", "BatchMode=yes", "delta.vm",
+                               "cat /root/.ssh/authorized_keys"], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        assert ours in proc.stdout and theirs in proc.stdout  # the image's key stays, the user's is added
+    finally:
+        banger(other, "vm", "rm", "--force", "delta")
+
+
 def test_gc_keeps_what_a_vm_disk_depends_on(env, pair):
     rec = record(env, pair[0])
     rootfs = Path(rec["cache"]) / "blobs"
