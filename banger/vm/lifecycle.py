@@ -218,6 +218,9 @@ def prune(dirs: Dirs, log: Log = lambda m: None) -> list[str]:
             with contextlib.suppress(VMStateError):
                 remove(dirs, record.name, log=log)
                 removed.append(record.name)
+    for name in records.stale_names(dirs.state):  # a create killed before it wrote its record
+        if records.remove_if_stale(dirs.state, name):
+            removed.append(name)
     for stale in records.vms_dir(dirs.state).glob(".removing-*"):  # an rm that was killed
         shutil.rmtree(stale, ignore_errors=True)
     return removed

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
-from banger.core.fsutil import atomic_write
+from banger.core.fsutil import atomic_write, remove_tree
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a hostname label: the guest's hostname
 LIVE_STATES = ("starting", "running", "stopping")  # a VMM process should exist
@@ -140,8 +140,10 @@ def reserve(state: Path, name: str | None) -> str:
         try:
             vm_dir(state, name).mkdir(mode=0o700)
         except FileExistsError:
-            raise VMStateError(f"a VM named {name!r} exists; pick another --name or remove it with "
-                               f"`banger vm rm {name}`") from None
+            if not remove_if_stale(state, name):
+                raise VMStateError(f"a VM named {name!r} exists; pick another --name or remove it with "
+                                   f"`banger vm rm {name}`") from None
+            vm_dir(state, name).mkdir(mode=0o700)
         return name
     for attempt in range(200):
         candidate = f"{secrets.choice(ADJECTIVES)}-{secrets.choice(NOUNS)}"
@@ -153,6 +155,28 @@ def reserve(state: Path, name: str | None) -> str:
         except FileExistsError:
             continue
     raise VMStateError("could not find a free VM name; pass --name")
+
+
+def remove_if_stale(state: Path, name: str) -> bool:
+    """Remove the directory a killed `vm create` left before it wrote vm.json (no command holds its
+    lock); True if it was removed."""
+    path = vm_dir(state, name)
+    if (path / "vm.json").exists() or not path.is_dir():
+        return False
+    with locked(state, name, wait=False) as free:
+        if not free or (path / "vm.json").exists():
+            return False
+        stale = path.with_name(f".removing-{name}-{os.getpid()}")
+        os.rename(path, stale)
+    remove_tree(stale)
+    return True
+
+
+def stale_names(state: Path) -> list[str]:
+    base = vms_dir(state)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if NAME_RE.match(p.name) and not (p / "vm.json").exists())
 
 
 def new_id() -> str:

@@ -150,6 +150,15 @@ def test_stop_then_start_keeps_the_data(env, pair):
     assert record(env, a)["boots"] == 2
 
 
+def test_restart_boots_the_same_machine_again(env, pair):
+    b = pair[1]
+    key = record(env, b)["host_key"]
+    banger(env["vars"], "vm", "restart", b)
+    rec = record(env, b)
+    assert rec["state"] == "running" and rec["boots"] == 2 and rec["host_key"] == key  # same identity
+    assert ssh(env, b, "hostname").stdout.strip() == b
+
+
 def test_a_killed_vmm_is_reported_crashed_with_the_reason(env, pair):
     b = pair[1]
     rec = record(env, b)
