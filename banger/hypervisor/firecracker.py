@@ -115,6 +115,18 @@ class FirecrackerAPI:
     def describe_instance(self) -> dict:
         return self.request("GET", "/")
 
+    def listening(self) -> bool:
+        """Whether Firecracker accepts connections yet: its socket file appears at bind(), a moment
+        before listen(), and a connect in between is refused."""
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            conn.connect()
+        except OSError:
+            return False
+        finally:
+            conn.close()
+        return True
+
 
 def _fault_message(data: bytes) -> str:
     try:
@@ -249,7 +261,7 @@ class FirecrackerVM(VM):
 
     def _wait_for_api(self) -> None:
         deadline = time.monotonic() + SOCKET_WAIT
-        while not self.api_socket.exists():
+        while not self.api.listening():
             if not self.running:
                 raise self.failure(f"firecracker exited with code {self.process.returncode} before "
                                    f"opening its API socket")
