@@ -1,4 +1,5 @@
-"""File helpers: atomic writes, private temporary dirs, tree removal, sparse image copies."""
+"""File helpers: atomic writes, private temporary dirs, tree removal, sparse image copies, short
+unix socket paths."""
 from __future__ import annotations
 
 import contextlib
@@ -102,3 +103,15 @@ def remove_tree(path: Path) -> None:
             func(p)
     if os.path.lexists(path):
         shutil.rmtree(path, onerror=onerror)
+
+
+@contextlib.contextmanager
+def socket_path(path: Path) -> Iterator[str]:
+    """A path to connect() to the unix socket `path` through, however deep it is: unix socket paths
+    are limited to 108 bytes, so this goes through an O_PATH handle on its directory,
+    /proc/self/fd/N/NAME. FileNotFoundError when the directory is gone."""
+    fd = os.open(Path(path).parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{Path(path).name}"
+    finally:
+        os.close(fd)

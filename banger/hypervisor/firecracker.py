@@ -1,9 +1,11 @@
 """Boot a VM with Firecracker: configure it over its REST API on a unix socket, then start it.
 
-Firecracker boots the uncompressed kernel (vmlinux), needs a writable disk (so the VM gets a
-reflinked/sparse copy of the rootfs in its run dir) and a tap device for networking (root
-only). A guest `poweroff` leaves Firecracker running; SendCtrlAltDel makes the guest reboot,
-which ends the Firecracker process.
+Firecracker boots the uncompressed kernel (vmlinux), needs a writable disk (the build's boot
+check gets a reflinked/sparse copy of the rootfs in its run dir; a kept VM brings its own disk)
+and a tap device for networking (root only; a kept VM brings the tap banger.net made). A guest
+`poweroff` leaves Firecracker running; SendCtrlAltDel makes the guest reboot, which ends the
+Firecracker process. Its sockets are named relative to the run dir it runs in, and the API is
+reached through /proc/self/fd/N/api.sock: unix socket paths are limited to 108 bytes.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.socket_path)
+            with fsutil.socket_path(self.socket_path) as short:  # a run dir can be deep
+                sock.connect(short)
         except OSError:
             sock.close()
             raise
@@ -111,6 +114,18 @@ class FirecrackerAPI:
 
     def describe_instance(self) -> dict:
         return self.request("GET", "/")
+
+    def listening(self) -> bool:
+        """Whether Firecracker accepts connections yet: its socket file appears at bind(), a moment
+        before listen(), and a connect in between is refused."""
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            conn.connect()
+        except OSError:
+            return False
+        finally:
+            conn.close()
+        return True
 
 
 def _fault_message(data: bytes) -> str:
@@ -222,7 +237,8 @@ class FirecrackerVM(VM):
             fsutil.copy_sparse(cfg.rootfs, self.disk)  # Firecracker writes to its disk
         self.firecracker_log.touch()  # Firecracker's logger does not create its file
         with open(self.console_log, "ab") as console:  # the guest's serial console is stdout
-            self._spawn([self.choice.binary, "--api-sock", str(self.api_socket)], stdout=console)
+            # relative to the run dir Firecracker runs in: unix socket paths are limited to 108 bytes
+            self._spawn([self.choice.binary, "--api-sock", self.api_socket.name], stdout=console)
         self._wait_for_api()
         self.configure(kernel)
         self.api.instance_start()
@@ -241,11 +257,11 @@ class FirecrackerVM(VM):
             self.api.put_network_interface("eth0", cfg.tap.name, cfg.tap.mac)
         elif self.tap is not None:
             self.api.put_network_interface("eth0", self.tap.name, self.tap.guest_mac)
-        self.api.put_vsock(GUEST_CID, self.vsock_socket)
+        self.api.put_vsock(GUEST_CID, Path(self.vsock_socket.name))  # Firecracker binds it: relative too
 
     def _wait_for_api(self) -> None:
         deadline = time.monotonic() + SOCKET_WAIT
-        while not self.api_socket.exists():
+        while not self.api.listening():
             if not self.running:
                 raise self.failure(f"firecracker exited with code {self.process.returncode} before "
                                    f"opening its API socket")

@@ -8,26 +8,16 @@ directory, because unix socket paths are limited to 108 bytes and state dirs can
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterator
 
+from banger.core import fsutil
 from banger.hypervisor import process
 from banger.vm.records import VMRecord
 
 QMP_TIMEOUT = 5.0
 POWEROFF_GRACE = 20.0  # seconds for the guest's own poweroff before ACPI is asked too
-
-
-@contextlib.contextmanager
-def _short_path(path: Path) -> Iterator[str]:
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def qmp(socket_path: Path, command: str, **arguments) -> dict | None:
@@ -36,7 +26,7 @@ def qmp(socket_path: Path, command: str, **arguments) -> dict | None:
         return None
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-    with _short_path(socket_path) as short:
+    with fsutil.socket_path(socket_path) as short:
         monitor = QEMUMonitorProtocol(short)
         try:
             monitor.connect(negotiate=True)
