@@ -22,7 +22,7 @@ from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
 from tests.support_tools import REPO, need
 
-PINNED = "69ee0d66f5e124e05881d7c25aef3b0eaa382eed"  # identity.sh adds banger.ssh_key to authorized_keys
+PINNED = "2cb2b2af4df2764fe58e86e51a1bbea0c25ad7ce"  # inject assets 3 (identity.sh, BANGER_HOSTKEY)
 RELEASE = "6.1.0-99-amd64"
 
 
