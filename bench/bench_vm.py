@@ -214,7 +214,9 @@ def report(rounds: list[dict], lists: dict, boot: dict | None) -> None:
         for n, values in by_count.items():
             print(f"{key + f' ({n} VMs)':>30}: {spread(values)}")
     if boot:
-        parts = "  ".join(f"{k}={v:.2f}s" for k, v in boot["seconds"].items())
+        order = ("console_ready", "ssh_ready", "probe", "shutdown")  # the result file sorts its keys
+        seconds = sorted(boot["seconds"].items(), key=lambda kv: (order + (kv[0],)).index(kv[0]))
+        parts = "  ".join(f"{k}={v:.2f}s" for k, v in seconds)
         print(f"{'build boot step':>30}: {parts}  [{boot['source']}; {boot['accel']}, {boot['vcpus']} vCPU, "
               f"{boot['memory_mib']} MiB]")
 
