@@ -69,7 +69,7 @@ class VMRecord:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # match() lets "a\n" in
         raise VMStateError(f"{name!r} is not a valid VM name: use lowercase letters, digits and inner '-', "
                            f"at most 63 characters (it becomes the guest's hostname), e.g. --name dev-1")
     return name
@@ -93,6 +93,8 @@ def load(state: Path, name: str) -> VMRecord:
         raise VMStateError(f"{path} is unreadable ({exc}); `banger vm rm --force {name}` removes the VM") from None
     known = {f.name for f in fields(VMRecord)}
     try:
+        if not isinstance(doc, dict):
+            raise TypeError(f"a JSON {type(doc).__name__}, not an object")
         return VMRecord(**{k: v for k, v in doc.items() if k in known})
     except TypeError as exc:
         raise VMStateError(f"{path} is not a banger VM record ({exc}); `banger vm rm --force {name}` "
@@ -109,7 +111,7 @@ def names(state: Path) -> list[str]:
     base = vms_dir(state)
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if NAME_RE.match(p.name) and (p / "vm.json").is_file())
+    return sorted(p.name for p in base.iterdir() if NAME_RE.fullmatch(p.name) and (p / "vm.json").is_file())
 
 
 @contextlib.contextmanager

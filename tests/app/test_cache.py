@@ -117,3 +117,39 @@ def test_import_of_a_tampered_archive_caches_nothing(tmp_path):
     with pytest.raises(cache_ops.CacheError, match="digest mismatch"):
         cache_ops.import_file(dst, archive)
     assert list(dst.artifacts()) == [] and list(dst.records()) == [] and images.all_images(dst) == []
+
+
+def test_gc_keeps_a_pinned_digest_no_image_references(tmp_path):
+    """A VM's disk is an overlay over a cached rootfs: its pin keeps it after `image rm`."""
+    from banger.core import pins
+
+    store = Store(tmp_path / "cache")
+    image = make_chain(store, "base", 1000)
+    rootfs = image.artifacts["rootfs"]
+    owner = tmp_path / "vms" / "dev" / "vm.json"
+    owner.parent.mkdir(parents=True)
+    owner.write_text("{}")
+    pins.pin(store.root, "vm-dev", [rootfs], owner)
+    images.remove(store, "base")
+    result = cache_ops.gc(store)
+    assert store.path(rootfs).exists()
+    assert result["kept_for_images"] == 1
+    assert {e.digest for e in cache_ops.entries(store) if e.referenced} == {rootfs}
+    assert (store.root / "pins" / "vm-dev.json").exists()
+
+
+def test_gc_drops_a_pin_whose_record_is_gone_and_collects_its_digest(tmp_path):
+    from banger.core import pins
+
+    store = Store(tmp_path / "cache")
+    orphan = store.ingest_stream([os.urandom(4096)], algorithm="blake3")
+    owner = tmp_path / "vms" / "dev" / "vm.json"
+    owner.parent.mkdir(parents=True)
+    owner.write_text("{}")
+    pins.pin(store.root, "vm-dev", [orphan], owner)
+    cache_ops.gc(store)
+    assert store.path(orphan).exists()
+    owner.unlink()  # the VM directory removed by hand
+    cache_ops.gc(store)
+    assert not store.path(orphan).exists()
+    assert not (store.root / "pins" / "vm-dev.json").exists()
