@@ -24,7 +24,7 @@ class CacheError(RuntimeError):
 def _digests_in(value) -> Iterator[str]:
     if isinstance(value, str):
         bare = value.removeprefix(TREE)
-        if dg.DIGEST_RE.match(bare):
+        if dg.DIGEST_RE.fullmatch(bare):
             yield value
     elif isinstance(value, dict):
         for v in value.values():

@@ -32,7 +32,7 @@ def hasher(algorithm: str):
 
 
 def split(digest: str) -> tuple[str, str]:
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):
         raise DigestError(f"malformed digest {digest!r}; expected sha256:<64 hex> or blake3:<64 hex>")
     algorithm, hexpart = digest.split(":", 1)
     return algorithm, hexpart

@@ -44,7 +44,7 @@ class ImageRecord:
 
 
 def _path(store: Store, name: str) -> Path:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ImageError(f"{name!r} is not a valid image name (lowercase letters, digits, . _ -)")
     return store.root / "images" / f"{name}.json"
 

@@ -15,7 +15,7 @@ OWNER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
 def _path(cache: Path, owner: str) -> Path:
-    if not OWNER_RE.match(owner):
+    if not OWNER_RE.fullmatch(owner):
         raise ValueError(f"bad pin owner {owner!r}")
     return Path(cache) / "pins" / f"{owner}.json"
 

@@ -57,7 +57,7 @@ def parse_words(words: list[str] | tuple[str, ...], command: str = "banger build
         values["boot"] = text in ("yes", "true", "1")
     if "hypervisor" in values and values["hypervisor"] not in ("auto", "qemu", "firecracker"):
         raise SpecError(f"hypervisor={values['hypervisor']!r}; use auto, qemu or firecracker")
-    if "name" in values and not NAME_RE.match(str(values["name"])):
+    if "name" in values and not NAME_RE.fullmatch(str(values["name"])):
         raise SpecError(f"name={values['name']!r}: use lowercase letters, digits, '.', '_' and '-'")
     known = {f.name for f in fields(BuildSpec)}
     return BuildSpec(**{k: v for k, v in values.items() if k in known})

@@ -54,7 +54,7 @@ def deb_extract(deb: Path, dest: Path) -> None:
 
 
 def meta_package(flavour: str) -> str:
-    if not FLAVOUR_RE.match(flavour):
+    if not FLAVOUR_RE.fullmatch(flavour):
         raise KernelError(f"invalid Debian kernel flavour {flavour!r}; use e.g. debian:cloud-amd64")
     return f"linux-image-{flavour}"
 

@@ -46,7 +46,7 @@ Log = Callable[[str], None]
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise KernelError(f"invalid kernel name {name!r}: use 1-64 lowercase letters, digits, "
                           "'.', '_' and '-', starting with a letter or digit")
     return name
@@ -172,7 +172,7 @@ def list_bundles(dirs: config.Dirs) -> list[Bundle]:
     root = kernels_dir(dirs)
     bundles = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
-        if NAME_RE.match(entry.name) and (entry / MANIFEST).is_file():
+        if NAME_RE.fullmatch(entry.name) and (entry / MANIFEST).is_file():
             with contextlib.suppress(KernelError):
                 bundles.append(load(dirs, entry.name))
     return bundles
@@ -184,7 +184,7 @@ def resolve(dirs: config.Dirs, name: str | None = None) -> Bundle:
     try:
         return load(dirs, chosen)
     except KernelError as exc:
-        if (kernels_dir(dirs) / chosen / MANIFEST).exists() or not NAME_RE.match(chosen):
+        if (kernels_dir(dirs) / chosen / MANIFEST).exists() or not NAME_RE.fullmatch(chosen):
             raise
         if chosen == DEFAULT_KERNEL:
             raise KernelNotInstalled(f"kernel {chosen!r} is not installed; run `banger kernel pull "

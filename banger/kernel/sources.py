@@ -113,7 +113,7 @@ def find_sources(src: Path) -> tuple[dict[str, Path], str | None, dict]:
         version = vmlinux.kernel_release(kernel) if kernel is not None and vmlinux.is_bzimage(kernel) else None
     if not version:
         raise KernelError(f"cannot tell the kernel version of {src}; add \"version\" to {METADATA}")
-    if not VERSION_RE.match(str(version)):
+    if not VERSION_RE.fullmatch(str(version)):
         raise KernelError(f"kernel version {version!r} is not a plain version string")
     return found, version, meta
 

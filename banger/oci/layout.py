@@ -50,7 +50,7 @@ class LayoutSource:
         if self.ref.digest:
             return {"digest": self.ref.digest}, None
         desc, body = self._select()
-        if not isinstance(desc.get("digest"), str) or not SHA256_RE.match(desc["digest"]):
+        if not isinstance(desc.get("digest"), str) or not SHA256_RE.fullmatch(desc["digest"]):
             raise BuildError(f"{self.root}/index.json names an invalid or non-sha256 digest; re-create the layout")
         return desc, body
 

@@ -76,7 +76,7 @@ def _check_descriptors(descs: object, where: str, what: str) -> None:
     for d in descs:
         if not isinstance(d, dict) or not isinstance(d.get("digest"), str):
             raise BuildError(f"{where}: malformed descriptor in {what}")
-        if not SHA256_RE.match(d["digest"]):
+        if not SHA256_RE.fullmatch(d["digest"]):
             raise BuildError(f"{where}: unsupported digest {d['digest'][:80]!r} in {what}; only sha256 is supported")
         size = d.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -99,7 +99,7 @@ def parse(text: str) -> Reference | LayoutReference:
     colon = rest.rfind(":")
     if colon > slash:  # a ':' after the last '/' starts the tag (a port comes before a '/')
         name, tag = rest[:colon], rest[colon + 1:]
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise ReferenceError(f"invalid tag {tag!r} in image reference {text!r}; "
                                  "tags are letters, digits, '_', '.', '-' (at most 128)")
     registry, repository = _split_registry(name, text)
@@ -112,10 +112,10 @@ def _split_digest(rest: str, text: str) -> tuple[str, str | None]:
     if "@" not in rest:
         return rest, None
     rest, _, digest = rest.rpartition("@")
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):
         raise ReferenceError(f"invalid digest {digest!r} in image reference {text!r}; "
                              "use NAME@sha256:<64 hex digits>")
-    if not SHA256_RE.match(digest):
+    if not SHA256_RE.fullmatch(digest):
         raise ReferenceError(f"unsupported digest {digest!r} in {text!r}; only lowercase sha256 digests are supported")
     return rest, digest
 
@@ -123,7 +123,7 @@ def _split_digest(rest: str, text: str) -> tuple[str, str | None]:
 def _split_registry(name: str, text: str) -> tuple[str, str]:
     first, sep, remainder = name.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        if not DOMAIN_RE.match(first):
+        if not DOMAIN_RE.fullmatch(first):
             raise ReferenceError(f"invalid registry host {first!r} in image reference {text!r}")
         registry, repository = first.lower(), remainder
     else:
@@ -133,7 +133,7 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
         if "/" not in repository:
             repository = f"library/{repository}"
     for component in repository.split("/"):
-        if not PATH_COMPONENT_RE.match(component):
+        if not PATH_COMPONENT_RE.fullmatch(component):
             hint = " (repository names must be lowercase)" if component != component.lower() else ""
             raise ReferenceError(f"invalid repository name {repository!r} in image reference {text!r}{hint}")
     if len(repository) > 255:

@@ -223,7 +223,7 @@ class RegistryClient:
         resp = self.request("HEAD", f"manifests/{tag}", {"Accept": ACCEPT_MANIFESTS})
         with resp:
             header = resp.headers.get("Docker-Content-Digest", "")
-            if resp.status_code == 200 and dg.DIGEST_RE.match(header) and header.startswith("sha256:"):
+            if resp.status_code == 200 and dg.DIGEST_RE.fullmatch(header) and header.startswith("sha256:"):
                 # no size: some registries and proxies get Content-Length on HEAD wrong; the digest decides
                 return {"digest": header, "mediaType": resp.headers.get("Content-Type", "").split(";")[0].strip()}, None
         body, content_type, digest = self.get_manifest(tag)

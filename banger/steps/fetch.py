@@ -216,7 +216,7 @@ def _load_config(store: Store, source: Source, desc: dict, where: str) -> dict:
 def _diff_ids(config: dict, n_layers: int, where: str) -> list[str]:
     rootfs = config.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and oci_manifest.SHA256_RE.match(d) for d in diff_ids):
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and oci_manifest.SHA256_RE.fullmatch(d) for d in diff_ids):
         raise BuildError(f"{where}: the image config has no valid rootfs.diff_ids")
     if len(diff_ids) != n_layers:
         raise BuildError(f"{where}: the manifest has {n_layers} layers but the config lists {len(diff_ids)} diff_ids")
@@ -241,6 +241,6 @@ def _remembered(store: Store, ref: Reference) -> dict | None:
         entry = json.loads(_ref_file(store, ref).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if not isinstance(entry, dict) or not oci_manifest.SHA256_RE.match(str(entry.get("digest"))):
+    if not isinstance(entry, dict) or not oci_manifest.SHA256_RE.fullmatch(str(entry.get("digest"))):
         return None
     return entry

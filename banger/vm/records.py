@@ -19,6 +19,7 @@ from banger.core.fsutil import atomic_write, remove_tree
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a hostname label: the guest's hostname
 LIVE_STATES = ("starting", "running", "stopping")  # a VMM process should exist
+STALE_AFTER = 60.0  # seconds: a VM dir without vm.json this old and unlocked is a killed create's
 ADJECTIVES = ("amber", "bold", "brave", "bright", "calm", "clever", "cosmic", "crisp", "dapper", "eager",
               "fancy", "fuzzy", "gentle", "glad", "happy", "hazy", "jolly", "keen", "lively", "lucky",
               "mellow", "merry", "misty", "nimble", "noble", "plucky", "polite", "proud", "quick", "quiet",
@@ -165,6 +166,8 @@ def remove_if_stale(state: Path, name: str) -> bool:
     path = vm_dir(state, name)
     if (path / "vm.json").exists() or not path.is_dir():
         return False
+    if time.time() - path.stat().st_mtime < STALE_AFTER:  # a create may be between mkdir and lock
+        return False
     with locked(state, name, wait=False) as free:
         if not free or (path / "vm.json").exists():
             return False
@@ -178,7 +181,7 @@ def stale_names(state: Path) -> list[str]:
     base = vms_dir(state)
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if NAME_RE.match(p.name) and not (p / "vm.json").exists())
+    return sorted(p.name for p in base.iterdir() if NAME_RE.fullmatch(p.name) and not (p / "vm.json").exists())
 
 
 def new_id() -> str:

@@ -65,11 +65,11 @@ class HostEntry:
         check_name(self.name)
         object.__setattr__(self, "identity", Path(self.identity))
         object.__setattr__(self, "known_hosts", Path(self.known_hosts))
-        if not _HOSTNAME_RE.match(self.hostname or ""):
+        if not _HOSTNAME_RE.fullmatch(self.hostname or ""):
             raise SshConfigError(f"VM {self.name}: {self.hostname!r} is not a host name or IP address")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise SshConfigError(f"VM {self.name}: port {self.port!r} is not a TCP port (1-65535)")
-        if not _USER_RE.match(self.user or ""):
+        if not _USER_RE.fullmatch(self.user or ""):
             raise SshConfigError(f"VM {self.name}: {self.user!r} is not a user name ssh can take")
         for path in (self.identity, self.known_hosts):
             _quote_path(path)  # raises for paths ssh_config cannot express
@@ -80,7 +80,7 @@ class HostEntry:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SshConfigError(f"{name!r} is not a valid VM name for ssh: use 1-63 of a-z, 0-9 and '-', "
                              "starting and ending with a letter or digit")
     return name

@@ -140,3 +140,22 @@ def test_age(delta, text):
 def test_new_ids_are_machine_ids():
     made = {records.new_id() for _ in range(100)}
     assert len(made) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in made)
+
+
+def test_a_dir_a_killed_create_left_is_reused_once_it_is_old_and_unlocked(tmp_path):
+    import os
+    import time
+
+    state = tmp_path / "state"
+    assert records.reserve(state, "left") == "left"  # a create killed before it wrote vm.json
+    with pytest.raises(VMStateError):  # young: a create may still be between mkdir and lock
+        records.reserve(state, "left")
+    old = time.time() - records.STALE_AFTER - 5
+    os.utime(records.vm_dir(state, "left"), (old, old))
+    assert records.stale_names(state) == ["left"]
+    assert records.reserve(state, "left") == "left"
+    assert records.stale_names(state) == ["left"]  # the new reservation, young again
+    records.vm_dir(state, "kept").mkdir()
+    (records.vm_dir(state, "kept") / "vm.json").write_text("{}")
+    os.utime(records.vm_dir(state, "kept"), (old, old))
+    assert not records.remove_if_stale(state, "kept")  # it has a record: a VM, not debris
