@@ -25,6 +25,14 @@ def _spawn(tmp_path: Path, argv=("sleep", "300")) -> process.Kept:
                               stderr=subprocess.DEVNULL, env=None, cwd=tmp_path)
 
 
+def _starter(tmp_path: Path, then: str) -> str:
+    """A Python program that starts `sleep 300` under the keeper, then runs `then`."""
+    return (f"import subprocess, sys, time; from pathlib import Path; from banger.hypervisor import process\n"
+            f"k = process.spawn_kept(['sleep', '300'], exit_file=Path({str(tmp_path / 'exit.json')!r}),"
+            f" stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=None, cwd=Path({str(tmp_path)!r}))\n"
+            f"{then}\n")
+
+
 def test_closing_the_leash_before_detach_kills_the_vmm_and_records_it(tmp_path):
     kept = _spawn(tmp_path)
     started = process.start_time(kept.vmm_pid)
@@ -38,11 +46,7 @@ def test_closing_the_leash_before_detach_kills_the_vmm_and_records_it(tmp_path):
 
 def test_a_detached_vmm_outlives_the_process_that_started_it(tmp_path):
     # the starter is a separate Python process that detaches and exits
-    script = (f"import subprocess, sys; from pathlib import Path; from banger.hypervisor import process\n"
-              f"k = process.spawn_kept(['sleep', '300'], exit_file=Path({str(tmp_path / 'exit.json')!r}),"
-              f" stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=None, cwd=Path({str(tmp_path)!r}))\n"
-              f"k.detach(); print(k.vmm_pid)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+    out = subprocess.run([sys.executable, "-c", _starter(tmp_path, "k.detach(); print(k.vmm_pid)")], capture_output=True, text=True, timeout=30,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout)
@@ -59,11 +63,7 @@ def test_a_detached_vmm_outlives_the_process_that_started_it(tmp_path):
 
 
 def test_sigkill_of_the_starter_before_detach_leaves_no_vmm(tmp_path):
-    script = (f"import subprocess, sys, time; from pathlib import Path; from banger.hypervisor import process\n"
-              f"k = process.spawn_kept(['sleep', '300'], exit_file=Path({str(tmp_path / 'exit.json')!r}),"
-              f" stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=None, cwd=Path({str(tmp_path)!r}))\n"
-              f"print(k.vmm_pid, flush=True); time.sleep(300)\n")
-    starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+    starter = subprocess.Popen([sys.executable, "-c", _starter(tmp_path, "print(k.vmm_pid, flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True,
                                cwd=Path(__file__).resolve().parents[2])
     pid = int(starter.stdout.readline())
     started = process.start_time(pid)

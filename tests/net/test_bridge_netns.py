@@ -5,9 +5,7 @@ Each test also checks that the host's own namespace got no such bridge or table.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from banger.net.settings import tap_name
+from tests.support_netns import own_namespace
 from tests.support_tools import REPO
 
 SUBNET = "172.30.0.0/24"
@@ -22,19 +21,8 @@ SUBNET = "172.30.0.0/24"
 
 @pytest.fixture
 def netns():
-    if os.geteuid() != 0:
-        pytest.skip("bridge networking tests need root (they create a network namespace)")
-    missing = [t for t in ("ip", "nft") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing host tools: {', '.join(missing)} (scripts/setup.sh installs them)")
-    name = f"banger-test-{secrets.token_hex(4)}"
-    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"`ip netns add` is unavailable here: {proc.stderr.strip()}")
-    try:
+    with own_namespace("bridge networking tests") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
 
 
 @pytest.fixture

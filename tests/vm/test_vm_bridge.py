@@ -7,15 +7,11 @@ NTP) die there, and outbound NAT is only read from the ruleset, never exercised.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,7 @@ from banger.core.config import volatile_trees_dir
 from banger.core.fsutil import remove_tree
 from banger.hypervisor import process
 from banger.net.settings import tap_name
+from tests.support_netns import ns_pids, own_namespace
 from tests.support_tools import REPO, need
 
 pytestmark = pytest.mark.slow
@@ -33,37 +30,8 @@ SMALL = ["--vcpus", "1", "--memory", "768M"]
 
 @pytest.fixture(scope="module")
 def netns():
-    """A fresh network namespace with only `lo` up; whatever still runs in it is killed, then it goes."""
-    if os.geteuid() != 0:
-        pytest.skip("bridge-mode VMs need root (the test creates a network namespace)")
-    missing = [t for t in ("ip", "nft") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing host tools: {', '.join(missing)} (scripts/setup.sh installs them)")
-    name = f"banger-test-{secrets.token_hex(4)}"
-    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"`ip netns add` is unavailable here: {proc.stderr.strip()}")
-    try:
-        up = subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
-                            capture_output=True, text=True)
-        if up.returncode != 0:
-            pytest.skip(f"`ip netns exec` is unavailable here: {up.stderr.strip()}")
+    with own_namespace("bridge-mode VMs") as name:
         yield name
-    finally:
-        for _ in range(50):
-            pids = ns_pids(name)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
-
-
-def ns_pids(ns: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 @pytest.fixture(scope="module")
