@@ -69,10 +69,11 @@ def create(image: Optional[List[str]] = typer.Argument(None, metavar="[IMAGE | i
 
 
 def _show(record, as_json: bool, created: bool = False) -> None:
-    from banger.vm import status
+    from banger.core.config import load_config
+    from banger.vm import access, status
 
     d = dirs()
-    row = status.row(record, d.state)
+    row = status.row(record, d.state, ssh=access.ssh_hint(load_config(d), record.name))
     if as_json:
         emit({**record.to_json(), **row, "console_tail": status.console_tail(d.state, record)}, True, [])
         return
@@ -82,7 +83,7 @@ def _show(record, as_json: bool, created: bool = False) -> None:
              f"{record.backend}" + (f"/{record.accel}/{record.machine}" if record.accel else ""),
              f"network:  {record.net}" + (f", {row['address']}" if row["address"] else "")]
     if row["state"] == "running":
-        lines += [f"ssh:      ssh {record.name}.vm   (or: banger vm ssh {record.name})"]
+        lines += [f"ssh:      {row['ssh']}   (or: banger vm ssh {record.name})"]
     elif created:
         lines += [f"start:    banger vm start {record.name}"]
     if row["state"] == "crashed":

@@ -52,8 +52,13 @@ def ssh_argv(dirs: Dirs, record: VMRecord, command: list[str], tty: bool) -> lis
     return argv
 
 
-def ssh_hint(record: VMRecord) -> str:
-    return f"ssh {record.name}.vm"
+def ssh_hint(settings: dict, name: str) -> str:
+    """The command that reaches the VM: `ssh NAME.vm`, with -F when the managed block is not in
+    the user's own ~/.ssh/config (BANGER_SSH_CONFIG or "ssh_config" point elsewhere)."""
+    path = ssh_config_file(settings)
+    if path.expanduser() == Path("~/.ssh/config").expanduser():
+        return f"ssh {name}.vm"
+    return f"ssh -F {shlex.quote(str(path))} {name}.vm"
 
 
 def interactive() -> bool:

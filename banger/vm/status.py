@@ -117,14 +117,14 @@ def console_tail(state_dir: Path, record: VMRecord, n: int = 20) -> list[str]:
     return tail_lines(records.vm_dir(state_dir, record.name) / "console.log", n)
 
 
-def row(record: VMRecord, state_dir: Path) -> dict:
-    """One VM as `vm list` shows it (and --json prints it)."""
+def row(record: VMRecord, state_dir: Path, ssh: str = "") -> dict:
+    """One VM as `vm list` shows it (and --json prints it); `ssh`: the command that reaches it."""
     state, reason = display_state(record, state_dir)
     address = record.address if record.net == "bridge" else (
         f"127.0.0.1:{record.ssh_port}" if record.ssh_port else "")
     return {"name": record.name, "image": record.image or record.artifacts.get("rootfs", "")[:19],
             "state": state, "reason": reason, "address": address, "vcpus": record.vcpus,
-            "memory_mib": record.memory_mib, "created": record.created, "ssh": f"ssh {record.name}.vm"}
+            "memory_mib": record.memory_mib, "created": record.created, "ssh": ssh or f"ssh {record.name}.vm"}
 
 
 def console_stream(state_dir: Path, record: VMRecord, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:

@@ -106,7 +106,7 @@ def test_show_text(fleet):
     assert "state:    crashed (the VMM was killed by SIGKILL)" in crashed
     assert "console (last lines):" in crashed and "  | last words" in crashed
     running = ok(fleet, "vm", "show", "live")
-    assert "ssh:      ssh live.vm" in running and "127.0.0.1:2222" in running
+    assert f"ssh:      ssh -F {fleet.vars['BANGER_SSH_CONFIG']} live.vm" in running and "127.0.0.1:2222" in running
 
 
 @pytest.mark.parametrize("args, message", [
