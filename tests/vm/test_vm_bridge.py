@@ -110,7 +110,7 @@ class Env:
 @pytest.fixture(scope="module")
 def br1(env):
     out = env.banger("vm", "create", "vmtest", "--net", "bridge", "--name", "br1", *SMALL).stdout
-    assert "ssh br1.vm" in out, out
+    assert f"ssh -F {env.ssh_config} br1.vm" in out, out
     return "br1"
 
 
