@@ -10,6 +10,7 @@ from banger.net import bridge
 from banger.vm.records import VMStateError
 
 MODES = ("user", "bridge")
+SYS_NET = Path("/sys/class/net")
 
 
 def check_mode(mode: str) -> str:
@@ -37,8 +38,14 @@ def attach(dirs: Dirs, settings: dict, name: str) -> bridge.Lease:
 
 
 def release(dirs: Dirs, settings: dict, name: str) -> None:
-    """The VM stopped: its tap goes, its address stays reserved for its next start."""
-    if _has_lease(dirs.state, name):
+    """The VM stopped: its tap goes, its address stays reserved for its next start. (Every
+    command calls this for stopped bridge VMs: a start that was killed leaves its tap; without a
+    tap nothing runs.)"""
+    try:
+        lease = bridge.leases(dirs.state).get(name)
+    except bridge.NetError:
+        return
+    if lease is not None and (SYS_NET / lease.tap).exists():
         bridge.release_tap(dirs.state, settings_of(settings), name)
 
 
