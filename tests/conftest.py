@@ -50,3 +50,21 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ram_trees_left_behind(tmp_path_factory):
+    """Builds that used a cache under pytest's temporary dirs keep their flattened trees in RAM
+    (/dev/shm/banger-<uid>-<id>/); remove those at the end, whichever test forgot."""
+    yield
+    from banger.core import config
+    from banger.core.fsutil import remove_tree
+
+    base = str(tmp_path_factory.getbasetemp().resolve())
+    for ram in config.SHM.glob(f"banger-{os.getuid()}-*"):
+        try:
+            owner = (ram / "cache-dir").read_text().strip()
+        except OSError:
+            continue
+        if owner == base or owner.startswith(base + os.sep):
+            remove_tree(ram)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -218,6 +219,53 @@ def test_a_vm_from_an_image_baked_with_another_users_key_lets_its_own_user_in(en
         assert ours in proc.stdout and theirs in proc.stdout  # the image's key stays, the user's is added
     finally:
         banger(other, "vm", "rm", "--force", "delta")
+
+
+NOBODY = 65534
+
+
+def as_nobody(argv: list[str], env_vars: dict, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+                          env=env_vars, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_an_unprivileged_user_creates_and_reaches_a_vm(env):
+    """Rootless by default: a user with no privileges imports the image (built by root, with
+    root's key baked in), creates a VM, and reaches it with plain ssh through the managed config."""
+    if os.geteuid() != 0:
+        pytest.skip("the test switches to an unprivileged user, which needs root")
+    need("setpriv")
+    shared = Path(tempfile.mkdtemp(prefix="banger-rootless-", dir="/tmp"))  # pytest's tmp is root-only
+    home = shared / "home"
+    user = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
+            "XDG_STATE_HOME": str(home / "state"), "XDG_CONFIG_HOME": str(home / "config"),
+            "BANGER_SSH_CONFIG": str(home / "ssh_config"), "BANGER_TREES_DIR": "cache"}
+    try:
+        shared.chmod(0o755)
+        banger(env["vars"], "cache", "export", str(shared / "image.tar.zst"), "--image", "vmtest")
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        (shared / "image.tar.zst").chmod(0o644)
+        banger_cli = [sys.executable, "-m", "banger"]
+        for args in (["cache", "import", str(shared / "image.tar.zst")],
+                     ["vm", "create", "vmtest", "--name", "eps", *SMALL]):
+            proc = as_nobody([*banger_cli, *args], user)
+            assert proc.returncode == 0, f"{args} as nobody: {proc.stderr[-3000:]}"
+        rec = json.loads((home / "state" / "banger" / "vms" / "eps" / "vm.json").read_text())
+        with open(f"/proc/{rec['vmm_pid']}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert set(uids) == {str(NOBODY)}, uids  # the VMM runs as the user, not root
+        proc = as_nobody(["ssh", "-F", user["BANGER_SSH_CONFIG"], "-o", "BatchMode=yes", "eps.vm", "hostname"],
+                         user, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "eps", proc.stderr
+        proc = as_nobody([*banger_cli, "vm", "rm", "--force", "eps"], user)
+        assert proc.returncode == 0, proc.stderr
+        assert not process.alive(rec["vmm_pid"], rec["vmm_start"])
+    finally:
+        if (shared / "home" / "state" / "banger" / "vms" / "eps").exists():  # the test failed half-way
+            as_nobody([sys.executable, "-m", "banger", "vm", "rm", "--force", "eps"], user)
+        remove_tree(shared)
 
 
 def test_gc_keeps_what_a_vm_disk_depends_on(env, pair):
