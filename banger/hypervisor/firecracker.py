@@ -263,7 +263,7 @@ class FirecrackerVM(VM):
         deadline = time.monotonic() + SOCKET_WAIT
         while not self.api.listening():
             if not self.running:
-                raise self.failure(f"firecracker exited with code {self.process.returncode} before "
+                raise self.failure(f"firecracker exited with code {self.exit_code()} before "
                                    f"opening its API socket")
             if time.monotonic() >= deadline:
                 raise self.failure(f"firecracker did not open its API socket {self.api_socket} "

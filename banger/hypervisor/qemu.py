@@ -156,7 +156,7 @@ class QemuVM(VM):
                 log = self.vmm_log.read_text(errors="replace") if self.vmm_log.exists() else ""
                 if HOSTFWD_FAILED in log:
                     return False
-                raise self.failure(f"QEMU exited with code {self.process.returncode} at start")
+                raise self.failure(f"QEMU exited with code {self.exit_code()} at start")
             if port_listening(port):  # slirp listens before the guest starts
                 return True
             time.sleep(0.02)

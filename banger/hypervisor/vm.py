@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import secrets
@@ -232,6 +233,16 @@ class VM:
             return self.kept.vmm_pid
         return self.process.pid if self.process is not None else None
 
+    def exit_code(self) -> int | None:
+        """The VMM's exit code (negative: killed by that signal); for a kept VM the keeper's record
+        of it (the keeper itself always exits 0)."""
+        if self.kept is not None:
+            try:
+                return json.loads(self.config.kept.read_text())["returncode"]
+            except (OSError, ValueError, KeyError):
+                return None
+        return self.process.returncode if self.process is not None else None
+
     def detach(self) -> None:
         """A kept VM is ready: it now runs on its own; stop() and exit no longer touch it."""
         assert self.kept is not None, "only a kept VM can be detached"
@@ -341,7 +352,7 @@ class VM:
                 for line in self._new_console_lines() + [self._console_buffer.decode("utf-8", "replace")]:
                     if line and regex.search(line):
                         return line
-                code = self.process.returncode if self.process is not None else None
+                code = self.exit_code()
                 raise self.failure(f"the VM ({self.describe()}) exited with code {code} before its console "
                                    f"printed {what}")
             if time.monotonic() >= deadline:
