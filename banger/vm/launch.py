@@ -20,7 +20,7 @@ from banger.hypervisor.choice import choose
 from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig
 from banger.rootfs import guest_assets
 from banger.rootfs.sshkey import ensure_key
-from banger.steps.boot import QUIET_CONSOLE, READY_PATTERN, ssh_login
+from banger.steps.boot import READY_PATTERN, guest_cmdline, ssh_login
 from banger.vm import access, network, records
 from banger.vm.records import VMRecord
 
@@ -30,7 +30,7 @@ BOOT_TIMEOUT = 300.0  # seconds from start to SSH login (TCG is slow)
 def kernel_cmdline(record: VMRecord, settings: dict, public_key: str) -> str:
     extra = str((settings.get("boot") or {}).get("cmdline", ""))
     identity = guest_assets.identity_cmdline(record.name, record.id, record.grow, ssh_key=public_key)
-    return " ".join(w for w in ["panic=-1", QUIET_CONSOLE, identity, extra] if w)
+    return guest_cmdline(f"{identity} {extra}".strip())  # the boot check's words, then the VM's
 
 
 def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None] = lambda m: None,
