@@ -68,7 +68,7 @@ def dns_check() -> Check:
     from banger.net.dns import dns_status
 
     line = dns_status()
-    resolved = line.startswith("systemd-resolved runs")
+    resolved = "through systemd-resolved" in line
     return Check("NAME.vm names", resolved, line, "" if resolved else "ssh NAME.vm works through ~/.ssh/config",
                  required=False, state=OK if resolved else ABSENT, needed_by="resolving NAME.vm outside ssh")
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from banger.net import host, store
+from banger.net import host, store, vmdns
 from banger.net.dns import dns_status, guest_dns
 from banger.net.settings import (TAP_PREFIX, BridgeSettings, Lease, NetError, allocate, bridge_mac,
                                  make_lease, tap_name)
@@ -70,14 +70,17 @@ def _delete_tap(settings: BridgeSettings, links: dict, vm: str) -> str | None:
 
 
 def _teardown(state_dir: Path, settings: BridgeSettings) -> list[str]:
-    """No lease is left: remove banger's remaining taps on the bridge, the bridge, the nft table,
-    and put ip_forward back. Idempotent; skips what is gone or not banger's."""
+    """No lease is left: stop the NAME.vm responder and revert resolved's settings for the bridge,
+    remove banger's remaining taps on the bridge, the bridge, the nft table, and put ip_forward
+    back. Idempotent; skips what is gone or not banger's."""
     removed: list[str] = []
     links = host.links()
     bridge = links.get(settings.name)
     if bridge is not None and not _owns_bridge(state_dir, settings, bridge):
+        vmdns.tear_down(state_dir, revert=False)
         store.save_host(state_dir, {})  # the name is someone else's now: what is there is theirs
         return removed
+    removed += vmdns.tear_down(state_dir)
     removed += _delete_orphan_taps(settings, links, keep=set())
     if bridge is not None:
         host.delete_link(settings.name)
@@ -119,7 +122,7 @@ def _reconcile_settings(state_dir: Path, settings: BridgeSettings, current: dict
         _teardown(state_dir, BridgeSettings(name=old_name, subnet=old_subnet))
 
 
-def _ensure_bridge(state_dir: Path, settings: BridgeSettings) -> None:
+def _ensure_bridge(state_dir: Path, settings: BridgeSettings, resolved: bool | None = None) -> None:
     info = host.links().get(settings.name)
     if info is None:
         host.check_subnet_free(settings)
@@ -141,6 +144,7 @@ def _ensure_bridge(state_dir: Path, settings: BridgeSettings) -> None:
             store.save_host(state_dir, {"bridge": settings.name, "subnet": settings.subnet,
                                         "ip_forward_before": None})
     host.ensure_gateway(settings)
+    vmdns.bring_up(state_dir, settings, resolved)  # a problem is logged, never fails the VM
 
 
 def _ensure_tap(settings: BridgeSettings, vm: str, tap: str) -> None:
@@ -156,9 +160,10 @@ def _ensure_tap(settings: BridgeSettings, vm: str, tap: str) -> None:
     host.enslave_and_up(tap, settings.name)
 
 
-def attach(state_dir: Path, settings: BridgeSettings, vm: str) -> Lease:
+def attach(state_dir: Path, settings: BridgeSettings, vm: str, resolved: bool | None = None) -> Lease:
     """Give the VM its tap on the bridge and its address (the lease it had, or the lowest free),
-    setting up the bridge, NAT and ip_forward when they are not there yet."""
+    setting up the bridge, NAT and ip_forward when they are not there yet, and NAME.vm through
+    systemd-resolved when it runs (`resolved` overrides that detection: tests)."""
     _check_vm(vm)
     host.require_root_and_tools()
     with store.locked(state_dir):
@@ -167,7 +172,7 @@ def attach(state_dir: Path, settings: BridgeSettings, vm: str) -> Lease:
         old = current.get(vm)
         address = old.address if old else allocate(settings, [ls.address for ls in current.values()])
         lease = make_lease(settings, vm, address, guest_dns())
-        _ensure_bridge(state_dir, settings)
+        _ensure_bridge(state_dir, settings, resolved)
         host.apply_nat(settings)
         if host.read_forward() != "1":
             host.write_forward("1")
@@ -260,6 +265,7 @@ def status(state_dir: Path, settings: BridgeSettings) -> dict:
         "nat_rule": None if table is None else f"ip saddr {settings.subnet} oifname != \"{settings.name}\" masquerade" in table,
         "ip_forward": host.read_forward(),
         "leases": {vm: lease.to_json() for vm, lease in current.items()},
+        "names": vmdns.status(state_dir),
     }
 
 

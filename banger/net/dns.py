@@ -1,8 +1,10 @@
 """DNS for guests on the bridge: the nameserver a guest should use (the host's first one that a
-guest can reach), and one line for `banger doctor` on how NAME.vm resolves on this host."""
+guest can reach), whether systemd-resolved can resolve NAME.vm for the bridge, and one line
+for `banger doctor` on how NAME.vm resolves on this host."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 from pathlib import Path
 
@@ -48,9 +50,23 @@ def guest_dns(resolv_conf: Path = RESOLV_CONF, upstreams: Path = RESOLVED_UPSTRE
     return None
 
 
+def resolved_runs(socket: Path = RESOLVED_SOCKET) -> bool:
+    """systemd-resolved runs and can be told about banger's bridge: its socket exists, resolvectl
+    is installed, and this process is in the network namespace resolved serves (init's: in
+    another one, an interface name would name some other link of the host's)."""
+    if not (socket.exists() and shutil.which("resolvectl")):
+        return False
+    try:
+        return os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net")
+    except OSError:
+        return False
+
+
 def dns_status(socket: Path = RESOLVED_SOCKET) -> str:
     """One line for `banger doctor`."""
+    if resolved_runs(socket):
+        return "NAME.vm resolves on the bridge through systemd-resolved (banger's responder at the gateway)"
     if socket.exists() and shutil.which("resolvectl"):
-        return ("systemd-resolved runs: NAME.vm could resolve on the bridge via resolvectl "
-                "(ssh NAME.vm works through ssh's config either way)")
+        return ("NAME.vm resolves only through ssh's config (systemd-resolved runs in another "
+                "network namespace)")
     return "NAME.vm resolves only through ssh's config (no systemd-resolved here)"

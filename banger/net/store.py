@@ -71,7 +71,8 @@ def save_leases(state_dir: Path, leases: dict[str, Lease]) -> None:
 
 
 def load_host(state_dir: Path) -> dict:
-    """{"bridge": name, "bridge_created": bool, "ip_forward_before": "0"|"1"|None, "subnet": ...}."""
+    """{"bridge": name, "ip_forward_before": "0"|"1"|None, "subnet": ..., "names": {"responder":
+    {"pid", "started"}, "resolvectl": bridge}} (names: vmdns.py)."""
     return _read_json(network_dir(state_dir) / "host.json")
 
 

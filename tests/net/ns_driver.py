@@ -1,7 +1,8 @@
 """Runs banger.net calls inside a test's network namespace (started by the tests with
 `ip netns exec NS python -m tests.net.ns_driver STATE BRIDGE SUBNET OPS`), printing one JSON
 result per op. OPS is a JSON list such as [["attach", "a"], ["status"]]. A NetError becomes
-{"error": message}; ["attach_crash", vm] makes attach die right before it writes the lease."""
+{"error": message}; ["attach_crash", vm] makes attach die right before it writes the lease;
+["attach", vm, true] attaches as if systemd-resolved ran (the test puts a fake resolvectl on PATH)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from banger.net.settings import BridgeSettings, NetError
 
 
 def one(state: Path, settings: BridgeSettings, op: str, *args):
-    if op == "attach":
-        return bridge.attach(state, settings, args[0]).to_json()
+    if op == "attach":  # ["attach", vm] or ["attach", vm, resolved]: overrides the detection
+        return bridge.attach(state, settings, args[0], *args[1:]).to_json()
     if op == "attach_crash":
         with mock.patch.object(bridge.store, "save_leases", side_effect=SystemError("simulated crash")):
             try:

@@ -5,6 +5,7 @@ Each test also checks that the host's own namespace got no such bridge or table.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from banger.net import vmdns
 from banger.net.settings import tap_name
 from tests.support_netns import own_namespace
 from tests.support_tools import REPO
@@ -38,11 +40,11 @@ class Net:
         self.ns, self.state, self.bridge = ns, state, bridge
         self.table = f"banger_{bridge}"
 
-    def run(self, *ops, subnet: str = SUBNET) -> list:
+    def run(self, *ops, subnet: str = SUBNET, env: dict | None = None) -> list:
         """banger.net calls inside the namespace, one JSON result per op."""
         proc = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "tests.net.ns_driver",
                                str(self.state), self.bridge, subnet, json.dumps(ops)],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+                              cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
@@ -208,3 +210,64 @@ def test_a_changed_subnet_waits_until_no_vm_holds_a_lease_from_the_old_one(net):
     assert net.addresses(net.bridge) == ["10.77.0.1/24"]
     assert f'ip saddr 10.77.0.0/24 oifname != "{net.bridge}" masquerade' in net.table_text()
     net.run(["detach", "b"], subnet="10.77.0.0/24")
+
+
+@pytest.fixture
+def fake_resolvectl(tmp_path):
+    """A `resolvectl` first on PATH that records each call's arguments, one line each."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "resolvectl.calls"
+    bin_dir.mkdir()
+    (bin_dir / "resolvectl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "resolvectl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return env, calls
+
+
+def test_with_systemd_resolved_name_vm_resolves_at_the_gateway_until_the_bridge_goes(net, fake_resolvectl):
+    env, calls = fake_resolvectl
+    a, b, status = net.run(["attach", "vm-a", True], ["attach", "vm-b", True], ["status"], env=env)
+    responder = status["names"]["responder"]
+    assert responder and status["names"]["resolvectl"] == net.bridge
+    assert json.loads((net.state / "network" / "host.json").read_text())["names"]["responder"] == responder
+    assert net.sh("cat", f"/proc/{responder['pid']}/cmdline").stdout.split("\0")[-3:-1] == ["172.30.0.1", "53"]
+    assert calls.read_text().splitlines()[:2] == [f"dns {net.bridge} 172.30.0.1", f"domain {net.bridge} ~vm"]
+    assert len(set(calls.read_text().splitlines())) == 2  # the second attach reused the responder
+
+    def ask(name: str, qtype: str = "A") -> dict:
+        out = net.sh(sys.executable, "-c", "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+                     "sys.argv = sys.argv[1:]; runpy.run_module('tests.net.dnsq', run_name='__main__')",
+                     str(REPO), "172.30.0.1", "53", name, qtype).stdout
+        return json.loads(out)
+
+    assert ask("vm-a.vm")["answers"][0]["data"] == a["address"].split("/")[0]
+    assert ask("vm-b.vm")["answers"][0]["data"] == b["address"].split("/")[0]
+    assert ask("vm-c.vm")["rcode"] == 3 and ask("example.com")["rcode"] == 5
+
+    net.run(["detach", "vm-a"], env=env)
+    assert ask("vm-a.vm")["rcode"] == 3  # the lease went: so did the name
+    net.run(["detach", "vm-b"], env=env)
+    assert calls.read_text().splitlines()[-1] == f"revert {net.bridge}"
+    assert vmdns.start_time(responder["pid"]) != responder["started"]  # stopped
+    assert not (net.state / "network" / "host.json").exists() and net.bridge not in net.links()
+
+
+def test_without_systemd_resolved_no_responder_is_started(net, fake_resolvectl):
+    env, calls = fake_resolvectl
+    status, = net.run(["attach", "a"], ["status"], env=env)[1:]  # detection: no resolved in a test's netns
+    assert status["names"] == {"responder": None, "resolvectl": None} and not calls.exists()
+    assert "names" not in json.loads((net.state / "network" / "host.json").read_text())
+    assert not (net.state / "network" / "names.log").exists()
+    net.run(["attach", "b", False], ["detach", "a"], ["detach", "b"], env=env)
+    assert not calls.exists()
+
+
+def test_a_failing_resolvectl_is_a_logged_warning_not_a_failed_vm(net, fake_resolvectl, tmp_path):
+    env, calls = fake_resolvectl
+    (tmp_path / "bin" / "resolvectl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho "no such link" >&2\nexit 1\n')
+    a, = net.run(["attach", "a", True], env=env)
+    assert "error" not in a and net.bridge in net.links()
+    log = (net.state / "network" / "names.log").read_text()
+    assert f"NAME.vm will not resolve: `resolvectl dns {net.bridge} 172.30.0.1` failed: no such link" in log
+    net.run(["detach", "a"], env=env)  # the revert fails too: ignored, everything goes
+    assert calls.read_text().splitlines()[-1] == f"revert {net.bridge}" and net.bridge not in net.links()
+    assert not (net.state / "network" / "host.json").exists()
