@@ -1,11 +1,8 @@
-"""Starting a VMM process and recognising it later.
-
-Two ways to start one:
+"""Starting a VMM process, two ways:
   - `spawn_attached`: the VMM dies with this process (PR_SET_PDEATHSIG) — the build's boot check;
   - `spawn_kept`: the VMM runs under keeper.py, tied to this process by a leash until `detach()`,
     then on its own — the VMs `banger vm` keeps.
-A pid alone does not identify a process (pids are reused), so records keep the pid together with
-its start time (`/proc/PID/stat` field 22, clock ticks since boot) and `alive()` checks both.
+Recognising it later (pid and start time) is banger.core.procs's.
 """
 from __future__ import annotations
 
@@ -18,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
+
 
 PR_SET_PDEATHSIG = 1
 KEEPER = Path(__file__).with_name("keeper.py")
@@ -79,35 +78,6 @@ def spawn_kept(argv: Sequence[str], *, exit_file: Path, stdout, stderr, env: dic
         keeper.wait(10)
         raise OSError(f"the VMM did not start (keeper exited with code {keeper.returncode})")
     return Kept(keeper, int(line), leash_w)
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # field 2 (comm) is in parentheses and may hold spaces: split after its last ')'
-    fields = stat[stat.rfind(b")") + 2:].split()
-    if fields and fields[0] == b"Z":  # a zombie has exited already
-        return None
-    return int(fields[19])
-
-
-def alive(pid: int | None, started: int | None) -> bool:
-    """Is the process `pid` that started at `started` still running (not a reused pid)?"""
-    return bool(pid) and started is not None and start_time(pid) == started
-
-
-def signal_process(pid: int, started: int | None, sig: int) -> bool:
-    """Send `sig` to pid only if it is still the same process; True if sent."""
-    if not alive(pid, started):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-        return True
-    return False
 
 
 def rss_bytes(pid: int) -> int | None:

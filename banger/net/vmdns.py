@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from banger.core.procs import start_time
 from banger.net import dns, store
 from banger.net.settings import BridgeSettings
 
@@ -25,20 +26,6 @@ LOG = "names.log"
 def active(resolved: bool | None = None) -> bool:
     """Should the bridge get NAME.vm names? `resolved` overrides the detection (tests)."""
     return dns.resolved_runs() if resolved is None else resolved
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None
-    when there is no such process (or only its zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    if not fields or fields[0] == b"Z":
-        return None
-    return int(fields[19])
 
 
 def _alive(record: dict | None) -> bool:

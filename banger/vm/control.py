@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from banger.core import fsutil
-from banger.hypervisor import process
+from banger.core import procs
 from banger.vm.records import VMRecord
 
 QMP_TIMEOUT = 5.0
@@ -91,7 +91,7 @@ def acpi_poweroff(vm_dir: Path, record: VMRecord) -> bool:
 
 def wait_gone(record: VMRecord, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while process.alive(record.vmm_pid, record.vmm_start):
+    while procs.alive(record.vmm_pid, record.vmm_start):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
@@ -103,9 +103,9 @@ def kill(vm_dir: Path, record: VMRecord) -> None:
     if record.backend == "qemu" and qmp(vm_dir / "qmp.sock", "quit") is not None:
         if wait_gone(record, 5.0):  # (no answer: nothing was asked, waiting would only cost 5 s)
             return
-    process.signal_process(record.vmm_pid, record.vmm_start, signal.SIGTERM)
+    procs.signal_process(record.vmm_pid, record.vmm_start, signal.SIGTERM)
     if not wait_gone(record, 10.0):
-        process.signal_process(record.vmm_pid, record.vmm_start, signal.SIGKILL)
+        procs.signal_process(record.vmm_pid, record.vmm_start, signal.SIGKILL)
         wait_gone(record, 10.0)
 
 

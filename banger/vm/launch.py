@@ -14,7 +14,7 @@ from typing import Callable
 
 from banger.core.config import Dirs
 from banger.core.store import Store
-from banger.hypervisor import process
+from banger.core import procs
 from banger.hypervisor.backends import create as create_vm
 from banger.hypervisor.choice import choose
 from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig
@@ -61,7 +61,7 @@ def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None
     try:
         vm.start()
         record.vmm_pid = vm.vmm_pid or 0
-        record.vmm_start = process.start_time(record.vmm_pid)
+        record.vmm_start = procs.start_time(record.vmm_pid)
         record.console_offset = vm._console_offset
         record.address, record.ssh_port = vm.ssh_address
         records.save(dirs.state, record)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from banger.core.store import Store
-from banger.hypervisor import process
+from banger.core import procs
 from banger.hypervisor.vm import tail_lines
 from banger.vm import records
 from banger.vm.records import LIVE_STATES, VMRecord
@@ -25,7 +25,7 @@ PANIC = "Kernel panic"
 
 
 def vmm_alive(record: VMRecord) -> bool:
-    return process.alive(record.vmm_pid, record.vmm_start)
+    return procs.alive(record.vmm_pid, record.vmm_start)
 
 
 def console_since(path: Path, offset: int, limit: int = 256 * 1024) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from banger.core import procs
 from banger.hypervisor import choice as hypervisor
-from banger.hypervisor import process
 from banger.hypervisor.firecracker import FirecrackerAPI, FirecrackerVM, Tap
 from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig
 from tests.firecracker_fake import Spec
@@ -74,7 +74,7 @@ def test_a_kept_vm_boots_its_own_disk_on_the_given_tap_per_spec_and_keeps_the_di
         vm.start()
         assert vm.wait_for_console_line(r"^BANGER_READY", timeout=20) == "BANGER_READY"
         assert vm.kept is not None and vm.vmm_pid != vm.process.pid  # the keeper runs the VMM
-        assert process.alive(vm.vmm_pid, process.start_time(vm.vmm_pid))
+        assert procs.alive(vm.vmm_pid, procs.start_time(vm.vmm_pid))
         assert vm.tap is None and vm.ssh_address == ("172.30.0.7", 22)
         assert vm.shutdown(None, timeout=20), "SendCtrlAltDel did not end the (fake) firecracker"
     finally:
@@ -108,7 +108,7 @@ def start_detached(args: str) -> None:
     vm.start()
     vm.wait_for_console_line(r"^BANGER_READY", timeout=20)
     vm.detach()
-    print(json.dumps({"vmm_pid": vm.vmm_pid, "vmm_start": process.start_time(vm.vmm_pid)}))
+    print(json.dumps({"vmm_pid": vm.vmm_pid, "vmm_start": procs.start_time(vm.vmm_pid)}))
 
 
 def test_a_detached_kept_vm_outlives_its_starter_and_the_keeper_records_its_exit(
@@ -126,14 +126,14 @@ def test_a_detached_kept_vm_outlives_its_starter_and_the_keeper_records_its_exit
     exit_file = run_dir / "exit.json"
     try:
         time.sleep(0.5)
-        assert process.alive(vmm["vmm_pid"], vmm["vmm_start"]), "the VM died with the process that started it"
+        assert procs.alive(vmm["vmm_pid"], vmm["vmm_start"]), "the VM died with the process that started it"
         assert not exit_file.exists()
         # another banger process powers it off through the API socket (banger.vm.control does)
         FirecrackerAPI(run_dir / "api.sock").send_ctrl_alt_del()
         wait_for(exit_file.exists, 10, "the keeper's exit file")
-        wait_for(lambda: not process.alive(vmm["vmm_pid"], vmm["vmm_start"]), 10, "the VMM to end")
+        wait_for(lambda: not procs.alive(vmm["vmm_pid"], vmm["vmm_start"]), 10, "the VMM to end")
     finally:
-        process.signal_process(vmm["vmm_pid"], vmm["vmm_start"], 9)
+        procs.signal_process(vmm["vmm_pid"], vmm["vmm_start"], 9)
     status = json.loads(exit_file.read_text())
     assert (status["pid"], status["returncode"], status["detached"]) == (vmm["vmm_pid"], 0, True)
     assert disk.read_bytes().startswith(MARK)

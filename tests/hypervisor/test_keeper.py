@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from banger.core import procs
 from banger.hypervisor import process
 
 
@@ -35,11 +36,11 @@ def _starter(tmp_path: Path, then: str) -> str:
 
 def test_closing_the_leash_before_detach_kills_the_vmm_and_records_it(tmp_path):
     kept = _spawn(tmp_path)
-    started = process.start_time(kept.vmm_pid)
-    assert process.alive(kept.vmm_pid, started)
+    started = procs.start_time(kept.vmm_pid)
+    assert procs.alive(kept.vmm_pid, started)
     os.close(kept.leash)
     kept.keeper.wait(10)
-    assert not process.alive(kept.vmm_pid, started)
+    assert not procs.alive(kept.vmm_pid, started)
     status = json.loads((tmp_path / "exit.json").read_text())
     assert status["returncode"] == -signal.SIGKILL and status["detached"] is False
 
@@ -50,10 +51,10 @@ def test_a_detached_vmm_outlives_the_process_that_started_it(tmp_path):
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout)
-    started = process.start_time(pid)
+    started = procs.start_time(pid)
     try:
         time.sleep(0.3)
-        assert process.alive(pid, started), "the VMM died with its starter"
+        assert procs.alive(pid, started), "the VMM died with its starter"
         assert not (tmp_path / "exit.json").exists()
     finally:
         os.kill(pid, signal.SIGKILL)
@@ -66,11 +67,11 @@ def test_sigkill_of_the_starter_before_detach_leaves_no_vmm(tmp_path):
     starter = subprocess.Popen([sys.executable, "-c", _starter(tmp_path, "print(k.vmm_pid, flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True,
                                cwd=Path(__file__).resolve().parents[2])
     pid = int(starter.stdout.readline())
-    started = process.start_time(pid)
-    assert process.alive(pid, started)
+    started = procs.start_time(pid)
+    assert procs.alive(pid, started)
     starter.kill()
     starter.wait()
-    _wait(lambda: not process.alive(pid, started))
+    _wait(lambda: not procs.alive(pid, started))
     _wait(lambda: (tmp_path / "exit.json").exists())
 
 
@@ -83,7 +84,7 @@ def test_the_keeper_reports_a_clean_exit(tmp_path):
 
 def test_a_reused_pid_is_not_the_same_process(tmp_path):
     me = os.getpid()
-    assert process.alive(me, process.start_time(me))
-    assert not process.alive(me, process.start_time(me) + 1)
-    assert process.start_time(2 ** 22 + 12345) is None
-    assert not process.alive(0, None)
+    assert procs.alive(me, procs.start_time(me))
+    assert not procs.alive(me, procs.start_time(me) + 1)
+    assert procs.start_time(2 ** 22 + 12345) is None
+    assert not procs.alive(0, None)

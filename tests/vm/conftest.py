@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from banger.core import procs
 from banger.core import images
 from banger.core.config import Dirs, default_dirs
 from banger.core.store import Store
-from banger.hypervisor import process
 from banger.vm import records
 from banger.vm.records import VMRecord
 
@@ -77,7 +77,7 @@ def write_record(env: VMEnv, name: str, **fields) -> VMRecord:
 
 def as_running(record: VMRecord, pid: int, started: int | None = None) -> VMRecord:
     record.state, record.vmm_pid = "running", pid
-    record.vmm_start = process.start_time(pid) if started is None else started
+    record.vmm_start = procs.start_time(pid) if started is None else started
     record.address, record.ssh_port = "127.0.0.1", 2222
     return record
 

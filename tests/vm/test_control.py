@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from banger.hypervisor import process
+from banger.core import procs
 from banger.vm import control
 from banger.vm.records import VMRecord
 from tests.support_tools import need
@@ -28,7 +28,7 @@ def test_qmp_query_and_quit_through_a_deep_socket_path(tmp_path):
         assert control.qmp(sock, "query-status")["status"] in ("running", "prelaunch")
         record = VMRecord(name="q", id="0" * 31 + "1", image="", image_ref="", artifacts={}, cache=str(tmp_path),
                           backend="qemu", vcpus=1, memory_mib=128, disk_size=0, disk="disk.qcow2", net="user",
-                          created=0, vmm_pid=vmm.pid, vmm_start=process.start_time(vmm.pid))
+                          created=0, vmm_pid=vmm.pid, vmm_start=procs.start_time(vmm.pid))
         control.kill(deep, record)  # QMP quit first
         assert vmm.wait(10) == 0  # quit by QMP: a clean exit, not a signal
     finally:

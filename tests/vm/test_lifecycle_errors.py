@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from banger.core import procs
 from banger.core import images, pins
 from banger.hypervisor import process
 from banger.vm import lifecycle, records
@@ -150,10 +151,10 @@ def test_rm_of_a_running_vm_needs_force_and_force_ends_its_vmm(vm_env, kept_slee
     with pytest.raises(VMStateError) as err:
         lifecycle.remove(vm_env.dirs, "dev")
     assert one_line(err) == "dev is running; `banger vm stop dev` first, or `banger vm rm --force dev`"
-    assert process.alive(record.vmm_pid, record.vmm_start) and (d / "vm.json").exists()
+    assert procs.alive(record.vmm_pid, record.vmm_start) and (d / "vm.json").exists()
 
     lifecycle.remove(vm_env.dirs, "dev", force=True)
-    assert not process.alive(record.vmm_pid, record.vmm_start)
+    assert not procs.alive(record.vmm_pid, record.vmm_start)
     assert vmm.keeper.wait(10) == 0  # the keeper saw its VMM end and left
     assert not d.exists() and list(records.vms_dir(vm_env.state).iterdir()) == []
     assert pins.pinned(vm_env.store.root) == {}
@@ -165,7 +166,7 @@ def test_rm_force_of_a_running_vm_without_its_keeper(vm_env, sleeper):
     record = as_running(write_record(vm_env, "dev"), vmm.pid)
     records.save(vm_env.state, record)
     lifecycle.remove(vm_env.dirs, "dev", force=True)
-    assert vmm.wait(10) < 0 and not process.alive(record.vmm_pid, record.vmm_start)
+    assert vmm.wait(10) < 0 and not procs.alive(record.vmm_pid, record.vmm_start)
     assert not records.vm_dir(vm_env.state, "dev").exists()
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from banger.core import procs
 from banger.vm import records, status
 from tests.vm.conftest import as_running, write_record
 
@@ -78,9 +79,8 @@ def test_reconcile_leaves_a_live_vmm_alone(vm_env, sleeper):
 def test_reconcile_settles_a_reused_pid(vm_env, sleeper):
     """The pid runs, but it is another process (its start time differs): the VMM is gone."""
     vmm = sleeper()
-    from banger.hypervisor import process
 
-    record = as_running(write_record(vm_env, "dev"), vmm.pid, started=process.start_time(vmm.pid) - 1)
+    record = as_running(write_record(vm_env, "dev"), vmm.pid, started=procs.start_time(vmm.pid) - 1)
     records.save(vm_env.state, record)
     vm_files(vm_env, "dev", BOOT_2, -9)
     assert not status.vmm_alive(record)

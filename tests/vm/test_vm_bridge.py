@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from banger.core import procs
 from banger.core.config import volatile_trees_dir
 from banger.core.fsutil import remove_tree
-from banger.hypervisor import process
 from banger.net.settings import tap_name
 from tests.support_netns import ns_pids, own_namespace
 from tests.support_tools import REPO, need
@@ -154,7 +154,7 @@ def test_stop_removes_the_tap_and_keeps_the_lease_then_start_gets_the_same_addre
     rec = env.record(br1)
     out = env.banger("vm", "stop", br1).stdout
     assert f"{br1}: stopped" in out and "forced" not in out, out  # the guest powered off over the bridge
-    assert not process.alive(rec["vmm_pid"], rec["vmm_start"])
+    assert not procs.alive(rec["vmm_pid"], rec["vmm_start"])
     links = env.links()
     assert tap_name(env.bridge, br1) not in links and env.bridge in links  # the bridge stays for the lease
     assert env.leases()[br1]["address"] == "172.30.0.2/24"
@@ -175,7 +175,7 @@ def test_rm_leaves_no_tap_bridge_table_lease_process_dir_or_ssh_entry(env, br1):
     assert env.table not in env.ruleset()
     assert not (env.state / "network" / "leases.json").exists()
     assert not (env.state / "network" / "host.json").exists()
-    assert not process.alive(rec["vmm_pid"], rec["vmm_start"])
+    assert not procs.alive(rec["vmm_pid"], rec["vmm_start"])
     assert ns_pids(env.ns) == []  # no QEMU, no keeper: nothing runs in the namespace any more
     assert not (env.state / "vms" / br1).exists()
     config = env.ssh_config.read_text() if env.ssh_config.exists() else ""

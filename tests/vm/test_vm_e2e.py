@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from banger.core import procs
 from banger.core.config import volatile_trees_dir
 from banger.core.fsutil import remove_tree
-from banger.hypervisor import process
 from tests.support_tools import REPO, need
 
 pytestmark = pytest.mark.slow
@@ -163,7 +163,7 @@ def test_restart_boots_the_same_machine_again(env, pair):
 def test_a_killed_vmm_is_reported_crashed_with_the_reason(env, pair):
     b = pair[1]
     rec = record(env, b)
-    assert process.alive(rec["vmm_pid"], rec["vmm_start"])
+    assert procs.alive(rec["vmm_pid"], rec["vmm_start"])
     os.kill(rec["vmm_pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while listing(env)[b]["state"] != "crashed":
@@ -194,7 +194,7 @@ def test_sigkill_of_vm_create_mid_boot_leaves_no_vmm_and_no_running_record(env, 
     create.kill()
     create.wait()
     deadline = time.monotonic() + 30
-    while process.alive(*vmm):
+    while procs.alive(*vmm):
         assert time.monotonic() < deadline, "the VMM outlived the killed create"
         time.sleep(0.1)
     row = listing(env)["gamma"]
@@ -261,7 +261,7 @@ def test_an_unprivileged_user_creates_and_reaches_a_vm(env):
         assert proc.returncode == 0 and proc.stdout.strip() == "eps", proc.stderr
         proc = as_nobody([*banger_cli, "vm", "rm", "--force", "eps"], user)
         assert proc.returncode == 0, proc.stderr
-        assert not process.alive(rec["vmm_pid"], rec["vmm_start"])
+        assert not procs.alive(rec["vmm_pid"], rec["vmm_start"])
     finally:
         if (shared / "home" / "state" / "banger" / "vms" / "eps").exists():  # the test failed half-way
             as_nobody([sys.executable, "-m", "banger", "vm", "rm", "--force", "eps"], user)
@@ -285,7 +285,7 @@ def test_rm_leaves_nothing_behind(env, pair):
     rec = record(env, a)
     banger(env["vars"], "vm", "rm", "--force", *pair)
     assert not (env["state"] / "vms" / a).exists()
-    assert vmm_processes(f"banger-{a}") == [] and not process.alive(rec["vmm_pid"], rec["vmm_start"])
+    assert vmm_processes(f"banger-{a}") == [] and not procs.alive(rec["vmm_pid"], rec["vmm_start"])
     config = env["ssh_config"].read_text() if env["ssh_config"].exists() else ""
     assert f"{a}.vm" not in config and "BEGIN banger" not in config
     known = env["state"] / "ssh" / "known_hosts"
