@@ -7,9 +7,11 @@ from typing import List, Optional
 
 import typer
 
+from banger.cli.agent import acp
 from banger.cli.common import dirs, emit, fail, say, typer_app
 
 vm_app = typer_app(no_args_is_help=True, help="VMs you keep: create, list, ssh, logs, stop, start, restart, rm, prune.")
+AUTH_SYNC_HELP = "Do not copy the host's opencode/Claude/pi auth files into the VM."
 COLUMNS = ("NAME", "IMAGE", "STATE", "ADDRESS", "VCPUS", "MEMORY", "CREATED")
 
 
@@ -58,12 +60,14 @@ def create(image: Optional[List[str]] = typer.Argument(None, metavar="[IMAGE | i
            net: str = typer.Option("user", "--net", help="user (no root) or bridge (root)"),
            hypervisor: str = typer.Option("auto", "--hypervisor", help="auto, qemu or firecracker"),
            no_start: bool = typer.Option(False, "--no-start", help="Create the disk and record only."),
+           no_auth_sync: bool = typer.Option(False, "--no-auth-sync", help=AUTH_SYNC_HELP),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Create a VM from an image and boot it; it keeps running after banger exits."""
     from banger.vm import lifecycle
 
     opts = lifecycle.CreateOptions(image=tuple(image or ()), name=name, vcpus=vcpus, memory=memory,
-                                   disk_size=disk_size, net=net, hypervisor=hypervisor, start=not no_start)
+                                   disk_size=disk_size, net=net, hypervisor=hypervisor, start=not no_start,
+                                   auth_sync=not no_auth_sync)
     record = _run(lifecycle.create, dirs(), opts, log=say)
     _show(record, as_json, created=True)
 
@@ -113,6 +117,7 @@ def vm_list(all_: bool = typer.Option(False, "--all", "-a", help="Also stopped, 
 
 vm_app.command("ls", help="Alias of `banger vm list`.")(vm_list)
 vm_app.command("ps", help="Alias of `banger vm list`.")(vm_list)
+vm_app.command("acp")(acp)
 
 
 @vm_app.command("show")
@@ -173,20 +178,22 @@ def stop(names: List[str] = typer.Argument(..., metavar="NAME..."),
 
 
 @vm_app.command("start")
-def start(names: List[str] = typer.Argument(..., metavar="NAME...")) -> None:
+def start(names: List[str] = typer.Argument(..., metavar="NAME..."),
+          no_auth_sync: bool = typer.Option(False, "--no-auth-sync", help=AUTH_SYNC_HELP)) -> None:
     """Boot a stopped VM again; its disk kept everything written before."""
     from banger.vm import lifecycle
 
     for name in names:
-        _show(_run(lifecycle.start, dirs(), name, log=say), False)
+        _show(_run(lifecycle.start, dirs(), name, log=say, auth_sync=not no_auth_sync), False)
 
 
 @vm_app.command("restart")
-def restart(name: str, force: bool = typer.Option(False, "--force", "-f")) -> None:
+def restart(name: str, force: bool = typer.Option(False, "--force", "-f"),
+            no_auth_sync: bool = typer.Option(False, "--no-auth-sync", help=AUTH_SYNC_HELP)) -> None:
     """Stop (cleanly unless --force) and start again."""
     from banger.vm import lifecycle
 
-    _show(_run(lifecycle.restart, dirs(), name, force=force, log=say), False)
+    _show(_run(lifecycle.restart, dirs(), name, force=force, log=say, auth_sync=not no_auth_sync), False)
 
 
 @vm_app.command("rm")

@@ -21,7 +21,7 @@ from banger.core.store import Store
 from banger.hypervisor.choice import HypervisorError, choose
 from banger.hypervisor.vm import VMError
 from banger.rootfs.sshkey import ensure_key
-from banger.vm import access, control, disks, launch, network, records, status
+from banger.vm import access, auth, control, disks, launch, network, records, status
 from banger.vm.records import LIVE_STATES, VMRecord, VMStateError
 
 DEFAULT_IMAGE = "debian-bookworm"  # what `banger demo` builds
@@ -39,6 +39,7 @@ class CreateOptions:
     net: str = "user"
     hypervisor: str = "auto"
     start: bool = True
+    auth_sync: bool = True  # copy the host's agent auth files in (auth.py)
 
 
 def resolve_image(dirs: Dirs, settings: dict, words: tuple[str, ...], log: Log) -> images.ImageRecord:
@@ -106,11 +107,12 @@ def create(dirs: Dirs, opts: CreateOptions, log: Log = lambda m: None) -> VMReco
             if opts.start:
                 ensure_key(dirs.state)
                 try:
-                    return launch.boot(dirs, settings, record, log)
+                    record = launch.boot(dirs, settings, record, log)
                 except VMError as exc:
                     raise VMError(f"{exc}\n{name} was kept ({record.state}): `banger vm logs {name}` shows its "
                                   f"console, `banger vm start {name}` tries again, `banger vm rm {name}` "
                                   f"removes it") from None
+                _sync_auth(dirs, record, opts.auth_sync, log)
             return record
     except BaseException:
         if not (vm_dir / "vm.json").exists():  # nothing half-made stays behind
@@ -137,14 +139,24 @@ def all_vms(dirs: Dirs) -> list[VMRecord]:
     return out
 
 
-def start(dirs: Dirs, name: str, log: Log = lambda m: None) -> VMRecord:
+def _sync_auth(dirs: Dirs, record: VMRecord, enabled: bool, log: Log) -> None:
+    """After a boot: the host user's agent auth files into the VM (warnings only, never fails)."""
+    if enabled and record.state == "running":
+        synced = auth.sync(dirs, record, Path.home(), log)
+        if synced:
+            log(f"{record.name}: synced agent auth: {', '.join('~/' + p for p in synced)}")
+
+
+def start(dirs: Dirs, name: str, log: Log = lambda m: None, auth_sync: bool = True) -> VMRecord:
     with records.locked(dirs.state, name):
         record = get(dirs, name, locked=True)
         if record.state in LIVE_STATES:
             raise VMStateError(f"{name} is {record.state} already; `banger vm restart {name}` restarts it")
         if found := status.problems(record, dirs.state):
             raise VMStateError(f"{name} cannot start: {'; '.join(found)}; `banger vm rm {name}` removes it")
-        return launch.boot(dirs, load_config(dirs), record, log)
+        record = launch.boot(dirs, load_config(dirs), record, log)
+        _sync_auth(dirs, record, auth_sync, log)
+        return record
 
 
 def stop(dirs: Dirs, name: str, force: bool = False, timeout: float = STOP_TIMEOUT,
@@ -176,10 +188,13 @@ def _stop_locked(dirs: Dirs, record: VMRecord, force: bool, timeout: float, log:
     return record
 
 
-def restart(dirs: Dirs, name: str, force: bool = False, log: Log = lambda m: None) -> VMRecord:
+def restart(dirs: Dirs, name: str, force: bool = False, log: Log = lambda m: None,
+            auth_sync: bool = True) -> VMRecord:
     with records.locked(dirs.state, name):
         record = _stop_locked(dirs, get(dirs, name, locked=True), force, STOP_TIMEOUT, log)
-        return launch.boot(dirs, load_config(dirs), record, log)
+        record = launch.boot(dirs, load_config(dirs), record, log)
+        _sync_auth(dirs, record, auth_sync, log)
+        return record
 
 
 def remove(dirs: Dirs, name: str, force: bool = False, log: Log = lambda m: None) -> None:
