@@ -8,8 +8,10 @@ from typing import List, Optional
 import typer
 
 from banger.cli.common import dirs, emit, fail, say, typer_app
+from banger.cli.workspace import RUN_SETTINGS, run, workspace_app
 
 vm_app = typer_app(no_args_is_help=True, help="VMs you keep: create, list, ssh, logs, stop, start, restart, rm, prune.")
+vm_app.add_typer(workspace_app, name="workspace")
 COLUMNS = ("NAME", "IMAGE", "STATE", "ADDRESS", "VCPUS", "MEMORY", "CREATED")
 
 
@@ -207,3 +209,6 @@ def prune() -> None:
 
     removed = _run(lifecycle.prune, dirs(), log=say)
     typer.echo(f"removed {len(removed)} VM(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
+vm_app.command("run", **RUN_SETTINGS)(run)
