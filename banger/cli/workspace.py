@@ -17,9 +17,23 @@ workspace_app = typer_app(no_args_is_help=True, help="A git checkout in a VM: pr
 
 
 def _run(fn, *args, **kwargs):
-    from banger.cli.vm import _run as run_vm
+    """fn's one-line errors (those of `vm create` and the VM layer) as `error: ...` (as cli/vm.py
+    does; not imported from there: cli/vm.py imports this module)."""
+    from banger.core.errors import BuildError
+    from banger.core.images import ImageError
+    from banger.engine.spec import SpecError
+    from banger.hypervisor.choice import HypervisorError
+    from banger.hypervisor.vm import VMError
+    from banger.rootfs.guest_assets import AssetError
+    from banger.vm.records import VMStateError
+    from banger.vm.sshconfig import SshConfigError
 
-    return run_vm(fn, *args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except (BuildError, ImageError, SpecError, HypervisorError, VMError, AssetError, VMStateError, SshConfigError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
 
 
 @workspace_app.command("prepare")
