@@ -9,8 +9,10 @@ import typer
 
 from banger.cli.agent import acp
 from banger.cli.common import dirs, emit, fail, say, typer_app
+from banger.cli.workspace import RUN_SETTINGS, run, workspace_app
 
 vm_app = typer_app(no_args_is_help=True, help="VMs you keep: create, list, ssh, logs, stop, start, restart, rm, prune.")
+vm_app.add_typer(workspace_app, name="workspace")
 AUTH_SYNC_HELP = "Do not copy the host's opencode/Claude/pi auth files into the VM."
 COLUMNS = ("NAME", "IMAGE", "STATE", "ADDRESS", "VCPUS", "MEMORY", "CREATED")
 
@@ -214,3 +216,6 @@ def prune() -> None:
 
     removed = _run(lifecycle.prune, dirs(), log=say)
     typer.echo(f"removed {len(removed)} VM(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
+vm_app.command("run", **RUN_SETTINGS)(run)

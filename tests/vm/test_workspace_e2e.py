@@ -1,0 +1,150 @@
+"""`banger vm run` end to end: one real VM (QEMU under TCG) from the Debian test image plus a layer
+with the host's git, a temp repo with history, edits, untracked, ignored and deleted files; the
+guest's tree, history and ownership; the guest's commit and uncommitted work exported as a patch
+that `git apply` takes on a clean host checkout."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from banger.devtools import debian_image as devimage
+from tests.support_images import DEBIAN_TAG
+from tests.support_tools import REPO, need
+from tests.vm.test_workspace import git, make_repo
+
+pytestmark = pytest.mark.slow
+GIT_FILES = ("usr/bin/git", "usr/lib/git-core", "usr/share/git-core")
+
+
+def _blob(layout: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def git_layout(debian_layout: Path, dest: Path) -> Path:
+    """The Debian layout plus one layer holding the host's git (same Debian release)."""
+    shutil.copytree(debian_layout, dest, copy_function=os.link)
+    index = json.loads((dest / "index.json").read_text())
+    desc = index["manifests"][0]
+    manifest = json.loads((dest / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_text())
+    config = json.loads((dest / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
+    tar_path = dest.parent / "git-layer.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in GIT_FILES:
+            tar.add(f"/{name}", arcname=name)
+    raw = tar_path.read_bytes()
+    layer = gzip.compress(raw, compresslevel=1, mtime=0)
+    config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(raw).hexdigest())
+    config_bytes = json.dumps(config).encode()
+    manifest["config"] = {**manifest["config"], "digest": _blob(dest, config_bytes), "size": len(config_bytes)}
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": _blob(dest, layer), "size": len(layer)})
+    manifest_bytes = json.dumps(manifest).encode()
+    index["manifests"] = [{**desc, "digest": _blob(dest, manifest_bytes), "size": len(manifest_bytes)}]
+    (dest / "index.json").write_text(json.dumps(index))
+    (dest / "banger-devimage.json").unlink(missing_ok=True)
+    return dest
+
+
+def banger(env_vars, *args, timeout=900, check=True):
+    proc = subprocess.run([sys.executable, "-m", "banger", *args], capture_output=True,
+                          env={**os.environ, **env_vars}, cwd=REPO, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"banger {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, debian_bundle, debian_layout, registry):
+    need("qemu-system-x86_64", "qemu-img", "ssh", "mkfs.ext4", "debugfs", "git", "skopeo")
+    if not Path("/usr/bin/git").exists() or not Path("/etc/debian_version").read_text().startswith("12"):
+        pytest.skip("the guest's git comes from the host, which must be Debian 12 like the guest")
+    root = tmp_path_factory.mktemp("ws")
+    ref = devimage.push(git_layout(debian_layout, root / "layout"), DEBIAN_TAG, registry.host, "banger-test/debian-git")
+    state = root / "state" / "banger"
+    state.mkdir(parents=True)
+    (state / "kernels").symlink_to(debian_bundle.path.parent)
+    home = root / "home"
+    home.mkdir()
+    values = {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
+              "XDG_CONFIG_HOME": str(root / "config"), "BANGER_SSH_CONFIG": str(root / "ssh_config"),
+              "HOME": str(home)}
+    subprocess.run(["git", "config", "--global", "user.name", "Host Person"], env={**os.environ, "HOME": str(home)}, check=True)
+    subprocess.run(["git", "config", "--global", "user.email", "host@example.test"], env={**os.environ, "HOME": str(home)}, check=True)
+    banger(values, "build", f"image={ref}", "name=wstest", "boot=no")
+    yield {"vars": values, "root": root, "state": state}
+    banger(values, "vm", "rm", "--force", "ws1", check=False)
+
+
+@pytest.fixture(scope="module")
+def ws1(env):
+    repo = make_repo(env["root"])
+    git(repo, "remote", "add", "origin", "https://example.test/src.git")
+    proc = banger(env["vars"], "vm", "run", str(repo), "--image", "wstest", "--name", "ws1", "--vcpus", "1",
+                  "--memory", "768M", "--", "git", "status", "--porcelain", check=False)
+    return repo, proc
+
+
+def guest(env, script: str, check=True) -> str:
+    proc = banger(env["vars"], "vm", "ssh", "ws1", "--", "sh", "-c", script, check=check)
+    return proc.stdout.decode()
+
+
+def listing(script_root: str) -> str:
+    return f"cd {script_root} && find . -type f -not -path './.git/*' | LC_ALL=C sort | xargs -d '\\n' sha1sum"
+
+
+def test_vm_run_runs_the_command_in_the_repo_and_passes_its_exit_code(env, ws1):
+    repo, proc = ws1
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    err = proc.stderr.decode()
+    assert "VM ready" in err and "repo copy (" in err and "depth 10" in err and "overlay (2 files, 1 deleted)" in err
+    assert sorted(proc.stdout.decode().splitlines()) == [" D gone.txt", " M keep.txt", '?? "new file.txt"']
+    record = json.loads((env["state"] / "vms" / "ws1" / "vm.json").read_text())
+    assert record["extra"]["workspace"]["base_commit"] == git(repo, "rev-parse", "HEAD").strip()
+    failing = banger(env["vars"], "vm", "ssh", "ws1", "--", "sh", "-c", "cd /root/repo && test -e keep.txt && exit 9",
+                     check=False)
+    assert failing.returncode == 9
+
+
+def test_the_guest_tree_is_the_host_work_tree_without_ignored_files(env, ws1):
+    repo, _ = ws1
+    host = subprocess.run(["sh", "-c", listing(str(repo))], capture_output=True, text=True, check=True).stdout
+    host = "\n".join(l for l in host.splitlines() if not l.endswith(("debug.log", "build/out.bin"))) + "\n"
+    assert guest(env, listing("/root/repo")) == host
+    assert guest(env, "cd /root/repo && git rev-parse HEAD").strip() == git(repo, "rev-parse", "HEAD").strip()
+    assert 1 <= int(guest(env, "cd /root/repo && git rev-list --count HEAD")) <= 10
+    assert guest(env, "cd /root/repo && git remote get-url origin").strip() == "https://example.test/src.git"
+    assert guest(env, "cd /root/repo && git config user.email").strip() == "repo@example.test"
+    assert guest(env, "git config --global user.email").strip() == "host@example.test"
+    assert guest(env, "find /root/repo ! -user root ! -group root | wc -l").strip() == "0"
+    assert guest(env, "find /root/repo ! -user root | wc -l").strip() == "0"
+
+
+def test_the_guests_committed_and_uncommitted_work_export_as_a_patch_git_apply_takes(env, ws1, tmp_path):
+    repo, _ = ws1
+    base = git(repo, "rev-parse", "HEAD").strip()
+    guest(env, "cd /root/repo && echo committed > sub/counter.txt && git commit -qam 'guest work' && "
+               "echo uncommitted >> keep.txt && printf 'new\\n' > fresh.txt")
+    out = tmp_path / "work.patch"
+    proc = banger(env["vars"], "vm", "workspace", "export", "ws1", "--output", str(out))
+    changed = proc.stderr.decode()
+    assert "sub/counter.txt" in changed and "fresh.txt" in changed and "keep.txt" in changed
+    clean = tmp_path / "clean"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clean)], check=True)
+    git(clean, "checkout", "-q", base)
+    subprocess.run(["git", "-C", str(clean), "apply", str(out)], check=True)
+    assert (clean / "sub" / "counter.txt").read_text() == "committed\n"
+    assert (clean / "keep.txt").read_text() == "keep, edited\nuncommitted\n"
+    assert (clean / "fresh.txt").read_text() == "new\n"
+    assert (clean / "new file.txt").read_text() == "untracked\n" and not (clean / "gone.txt").exists()
