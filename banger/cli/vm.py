@@ -207,3 +207,7 @@ def prune() -> None:
 
     removed = _run(lifecycle.prune, dirs(), log=say)
     typer.echo(f"removed {len(removed)} VM(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
+from banger.cli.session import session_app  # noqa: E402  (the `banger vm session` group)
+vm_app.add_typer(session_app, name="session")
