@@ -142,3 +142,36 @@ def test_preflight_errors_are_one_line_and_start_nothing(vm, args, said):
     assert proc.stderr.startswith("error: ")
     assert "refused" not in sessions(vm)
     assert ssh(vm, VM, "test -e /var/lib/banger/sessions/refused", check=False).returncode == 1
+
+
+def test_the_log_is_bounded(vm):
+    from banger.vm.sessions import LOG_MAX
+
+    banger(vm["vars"], "vm", "session", "start", VM, "loud", "--pipe", "--",
+           "sh", "-c", f"yes 0123456789abcdef | head -c {LOG_MAX + 2**20}; echo after-rotation; sleep 300")
+    d = "/var/lib/banger/sessions/loud"
+    assert wait_for(lambda: ssh(vm, VM, f"test -s {d}/log.1", check=False).returncode == 0, 60)
+    sizes = [int(x) for x in ssh(vm, VM, f"stat -c %s {d}/log.1 {d}/log").stdout.split()]
+    assert sizes[0] > LOG_MAX and sizes[1] < LOG_MAX, sizes
+    out = banger(vm["vars"], "vm", "session", "logs", VM, "loud").stdout
+    assert len(out) <= 2 * LOG_MAX + 2**20
+    banger(vm["vars"], "vm", "session", "stop", VM, "loud")
+
+
+def test_attach_to_a_tty_session_types_into_its_pty(vm):
+    """From a terminal (util-linux `script` gives this test one): keystrokes reach the session's
+    shell, its output comes back, ssh's `~.` detaches and the session keeps running."""
+    from tests.support_tools import need
+
+    need("script")
+    banger(vm["vars"], "vm", "session", "start", VM, "shell", "--", "sh", "-i")
+    cmd = f"{sys.executable} -m banger vm session attach {VM} shell"
+    feed = subprocess.Popen(["sh", "-c", "sleep 10; printf 'echo tty-$((6*7))\\r'; sleep 5; printf '\\r~.'; sleep 2"],
+                            stdout=subprocess.PIPE)
+    proc = subprocess.run(["script", "-qfec", cmd, "/dev/null"], stdin=feed.stdout, capture_output=True,
+                          env={**os.environ, **vm["vars"]}, cwd=REPO, timeout=120)
+    feed.wait(10)
+    assert b"tty-42" in proc.stdout, proc.stdout[-2000:]
+    assert "tty-42" in banger(vm["vars"], "vm", "session", "logs", VM, "shell").stdout
+    row = sessions(vm)["shell"]
+    assert row["state"] == "running" and row["mode"] == "tty"
