@@ -9,6 +9,7 @@ import typer
 
 from banger.cli.agent import acp
 from banger.cli.common import dirs, emit, fail, say, typer_app
+from banger.cli.session import session_app
 from banger.cli.workspace import RUN_SETTINGS, run, workspace_app
 
 vm_app = typer_app(no_args_is_help=True, help="VMs you keep: create, list, ssh, logs, stop, start, restart, rm, prune.")
@@ -219,3 +220,4 @@ def prune() -> None:
 
 
 vm_app.command("run", **RUN_SETTINGS)(run)
+vm_app.add_typer(session_app, name="session")

@@ -1,0 +1,123 @@
+"""`banger vm session ...`: long-lived commands in a VM (transient systemd units in the guest)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import List
+
+import typer
+
+from banger.cli.common import dirs, emit, fail, typer_app
+
+session_app = typer_app(no_args_is_help=True,
+                        help="Commands that keep running in a VM: start, list, logs, attach, send, stop.")
+COLUMNS = ("SESSION", "STATE", "MODE", "STARTED", "CWD", "COMMAND")
+
+
+def _run(fn, *args, **kwargs):
+    """One-line errors (the VM layer's, ssh's config, a guest that stopped answering)."""
+    import subprocess
+
+    from banger.vm.records import VMStateError
+    from banger.vm.sshconfig import SshConfigError
+
+    try:
+        return fn(*args, **kwargs)
+    except (VMStateError, SshConfigError) as exc:
+        fail(str(exc))
+    except subprocess.TimeoutExpired:
+        fail(f"{args[1] if len(args) > 1 else 'the VM'} did not answer over ssh in time")
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+def _state(row: dict) -> str:
+    if row["state"] == "exited":
+        return f"exited ({row['exit_code']})"
+    return row["state"]
+
+
+def lines(rows: list[dict]) -> list[str]:
+    import shlex
+
+    from banger.vm.records import age
+
+    table = [COLUMNS] + [(r["name"], _state(r), r["mode"], age(r["started"]), r["cwd"], shlex.join(r["command"]))
+                         for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+
+
+@session_app.command("start")
+def start(name: str, session: str,
+          command: List[str] = typer.Argument(..., metavar="-- CMD..."),
+          cwd: str = typer.Option("/root", "--cwd", help="Guest directory to run in."),
+          pipe: bool = typer.Option(False, "--pipe", help="Plain stdin fed by `send`/`attach` (no pty)."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Start CMD in the VM as session SESSION; it keeps running after ssh and banger go away."""
+    from banger.vm import sessions
+
+    row = _run(sessions.start, dirs(), name, sessions.StartOptions(session=session, command=tuple(command),
+                                                                    cwd=cwd, pipe=pipe))
+    emit(row, as_json, [f"session {session} in {name}: {_state(row)} ({row['mode']})",
+                        f"logs:   banger vm session logs {name} {session} -f",
+                        f"attach: banger vm session attach {name} {session}"])
+
+
+@session_app.command("list")
+def session_list(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The VM's sessions: SESSION STATE MODE STARTED CWD COMMAND."""
+    from banger.vm import sessions
+
+    rows = _run(sessions.listing, dirs(), name)
+    emit(rows, as_json, lines(rows))
+
+
+session_app.command("ls", help="Alias of `banger vm session list`.")(session_list)
+
+
+@session_app.command("logs")
+def logs(name: str, session: str,
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the session ends.")) -> None:
+    """The session's output (bounded: the current log and the one before it)."""
+    from banger.vm import sessions
+
+    sys.stdout.flush()
+    try:
+        _run(sessions.logs, dirs(), name, session, follow=follow)
+    except KeyboardInterrupt:
+        pass
+
+
+@session_app.command("send")
+def send(name: str, session: str) -> None:
+    """Write stdin's lines to the session's input, each line in one write (atomic under 4 KiB)."""
+    from banger.vm import sessions
+
+    _run(sessions.send, dirs(), name, session)
+
+
+@session_app.command("attach")
+def attach(name: str, session: str) -> None:
+    """Pipe session: stdin lines in, output out, until stdin closes. Tty session: a terminal onto
+    it (detach with `~.` after a newline). One attacher at a time."""
+    from banger.vm import access, sessions
+
+    size = shutil.get_terminal_size((120, 40))
+    argv = _run(sessions.attach_argv, dirs(), name, session, tty=access.interactive(),
+                size=(size.lines, size.columns))
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        fail("`ssh` is not installed; install the openssh-client package")
+
+
+@session_app.command("stop")
+def stop(name: str, session: str) -> None:
+    """Stop the session (SIGTERM to all its processes, SIGKILL after 10 s)."""
+    from banger.vm import sessions
+
+    row = _run(sessions.stop, dirs(), name, session)
+    typer.echo(f"session {session} in {name}: {_state(row)}")
