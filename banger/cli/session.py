@@ -9,27 +9,13 @@ from typing import List
 import typer
 
 from banger.cli.common import dirs, emit, fail, typer_app
+from banger.cli.vm_errors import run as _run
 
 session_app = typer_app(no_args_is_help=True,
                         help="Commands that keep running in a VM: start, list, logs, attach, send, stop.")
 COLUMNS = ("SESSION", "STATE", "MODE", "STARTED", "CWD", "COMMAND")
 
 
-def _run(fn, *args, **kwargs):
-    """One-line errors (the VM layer's, ssh's config, a guest that stopped answering)."""
-    import subprocess
-
-    from banger.vm.records import VMStateError
-    from banger.vm.sshconfig import SshConfigError
-
-    try:
-        return fn(*args, **kwargs)
-    except (VMStateError, SshConfigError) as exc:
-        fail(str(exc))
-    except subprocess.TimeoutExpired:
-        fail(f"{args[1] if len(args) > 1 else 'the VM'} did not answer over ssh in time")
-    except KeyboardInterrupt:
-        fail("interrupted")
 
 
 def _state(row: dict) -> str:

@@ -11,6 +11,7 @@ from banger.cli.agent import acp
 from banger.cli.common import dirs, emit, fail, say, typer_app
 from banger.cli.session import session_app
 from banger.cli.workspace import RUN_SETTINGS, run, workspace_app
+from banger.cli.vm_errors import run as _run
 
 vm_app = typer_app(no_args_is_help=True, help="VMs you keep: create, list, ssh, logs, stop, start, restart, rm, prune.")
 vm_app.add_typer(workspace_app, name="workspace")
@@ -18,28 +19,8 @@ AUTH_SYNC_HELP = "Do not copy the host's opencode/Claude/pi auth files into the 
 COLUMNS = ("NAME", "IMAGE", "STATE", "ADDRESS", "VCPUS", "MEMORY", "CREATED")
 
 
-def _errors():
-    """The one-line errors of the VM layer and what it calls."""
-    from banger.core.errors import BuildError
-    from banger.core.images import ImageError
-    from banger.engine.spec import SpecError
-    from banger.hypervisor.choice import HypervisorError
-    from banger.hypervisor.vm import VMError
-    from banger.rootfs.guest_assets import AssetError
-    from banger.vm.records import VMStateError
-    from banger.vm.sshconfig import SshConfigError
-
-    return (BuildError, ImageError, SpecError, HypervisorError, VMError, AssetError, VMStateError, SshConfigError)
 
 
-def _run(fn, *args, **kwargs):
-    errors = _errors()
-    try:
-        return fn(*args, **kwargs)
-    except errors as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted")
 
 
 def _lines(rows: list[dict]) -> list[str]:

@@ -12,28 +12,11 @@ import typer
 from typer.core import TyperCommand
 
 from banger.cli.common import dirs, fail, say, typer_app
+from banger.cli.vm_errors import run as _run
 
 workspace_app = typer_app(no_args_is_help=True, help="A git checkout in a VM: prepare (copy it in), export (the work as a patch).")
 
 
-def _run(fn, *args, **kwargs):
-    """fn's one-line errors (those of `vm create` and the VM layer) as `error: ...` (as cli/vm.py
-    does; not imported from there: cli/vm.py imports this module)."""
-    from banger.core.errors import BuildError
-    from banger.core.images import ImageError
-    from banger.engine.spec import SpecError
-    from banger.hypervisor.choice import HypervisorError
-    from banger.hypervisor.vm import VMError
-    from banger.rootfs.guest_assets import AssetError
-    from banger.vm.records import VMStateError
-    from banger.vm.sshconfig import SshConfigError
-
-    try:
-        return fn(*args, **kwargs)
-    except (BuildError, ImageError, SpecError, HypervisorError, VMError, AssetError, VMStateError, SshConfigError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted")
 
 
 @workspace_app.command("prepare")

@@ -1,0 +1,32 @@
+"""The one-line errors of the VM commands (`vm`, `vm workspace`, `vm session`, `vm acp`): what the
+VM layer and what it calls raise, printed as `error: ...` with exit code 1 (never a traceback)."""
+from __future__ import annotations
+
+from banger.cli.common import fail
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from banger.core.errors import BuildError
+    from banger.core.images import ImageError
+    from banger.engine.spec import SpecError
+    from banger.hypervisor.choice import HypervisorError
+    from banger.hypervisor.vm import VMError
+    from banger.rootfs.guest_assets import AssetError
+    from banger.vm.records import VMStateError
+    from banger.vm.sshconfig import SshConfigError
+
+    return (BuildError, ImageError, SpecError, HypervisorError, VMError, AssetError, VMStateError, SshConfigError)
+
+
+def run(fn, *args, **kwargs):
+    """fn(*args, **kwargs), its one-line errors turned into `error: ...`."""
+    import subprocess
+
+    try:
+        return fn(*args, **kwargs)
+    except _errors() as exc:
+        fail(str(exc))
+    except subprocess.TimeoutExpired:
+        fail(f"{args[1] if len(args) > 1 and isinstance(args[1], str) else 'the VM'} did not answer over ssh in time")
+    except KeyboardInterrupt:
+        fail("interrupted")
