@@ -2,15 +2,14 @@
 banger.vm.auth at `vm create`/`vm start`)."""
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
-import sys
 from typing import Optional
 
 import typer
 
 from banger.cli.common import dirs, fail
+from banger.cli.vm_errors import exec_ssh
 
 # where an agent's own installer puts it, besides the PATH sshd gives a command
 AGENT_PATH = 'export PATH="$HOME/.opencode/bin:$HOME/.local/bin:$PATH"'
@@ -49,5 +48,4 @@ def acp(name: str = typer.Argument(..., help="The VM."),
     where = " ".join(said[1:])
     argv = access.ssh_argv(d, record, ["sh", "-c", f"{AGENT_PATH}; cd {shlex.quote(where)} && exec opencode acp"],
                            tty=False)
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
+    exec_ssh(argv)

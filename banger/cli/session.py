@@ -1,15 +1,14 @@
 """`banger vm session ...`: long-lived commands in a VM (transient systemd units in the guest)."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from typing import List
 
 import typer
 
-from banger.cli.common import dirs, emit, fail, typer_app
-from banger.cli.vm_errors import run as _run
+from banger.cli.common import dirs, emit, typer_app
+from banger.cli.vm_errors import exec_ssh, run as _run
 
 session_app = typer_app(no_args_is_help=True,
                         help="Commands that keep running in a VM: start, list, logs, attach, send, stop.")
@@ -93,11 +92,7 @@ def attach(name: str, session: str) -> None:
     size = shutil.get_terminal_size((120, 40))
     argv = _run(sessions.attach_argv, dirs(), name, session, tty=access.interactive(),
                 size=(size.lines, size.columns))
-    sys.stdout.flush()
-    try:
-        os.execvp(argv[0], argv)
-    except FileNotFoundError:
-        fail("`ssh` is not installed; install the openssh-client package")
+    exec_ssh(argv)
 
 
 @session_app.command("stop")

@@ -1,7 +1,6 @@
 """`banger vm ...` (and `banger ps`): VMs that outlive the command that made them."""
 from __future__ import annotations
 
-import os
 import sys
 from typing import List, Optional
 
@@ -11,7 +10,7 @@ from banger.cli.agent import acp
 from banger.cli.common import dirs, emit, fail, say, typer_app
 from banger.cli.session import session_app
 from banger.cli.workspace import RUN_SETTINGS, run, workspace_app
-from banger.cli.vm_errors import run as _run
+from banger.cli.vm_errors import exec_ssh, run as _run
 
 vm_app = typer_app(no_args_is_help=True, help="VMs you keep: create, list, ssh, logs, stop, start, restart, rm, prune.")
 vm_app.add_typer(workspace_app, name="workspace")
@@ -125,11 +124,7 @@ def ssh(name: str, command: Optional[List[str]] = typer.Argument(None, metavar="
     if words[:1] == ["--"]:  # click keeps the separator once interspersed options are off
         words = words[1:]
     argv = access.ssh_argv(d, record, words, tty=access.interactive())
-    sys.stdout.flush()
-    try:
-        os.execvp(argv[0], argv)
-    except FileNotFoundError:
-        fail("`ssh` is not installed; install the openssh-client package")
+    exec_ssh(argv)
 
 
 @vm_app.command("logs")

@@ -1,6 +1,10 @@
 """The one-line errors of the VM commands (`vm`, `vm workspace`, `vm session`, `vm acp`): what the
-VM layer and what it calls raise, printed as `error: ...` with exit code 1 (never a traceback)."""
+VM layer and what it calls raise, printed as `error: ...` with exit code 1 (never a traceback);
+and handing the terminal to `ssh` (exec_ssh)."""
 from __future__ import annotations
+
+import os
+import sys
 
 from banger.cli.common import fail
 
@@ -30,3 +34,12 @@ def run(fn, *args, **kwargs):
         fail(f"{args[1] if len(args) > 1 and isinstance(args[1], str) else 'the VM'} did not answer over ssh in time")
     except KeyboardInterrupt:
         fail("interrupted")
+
+
+def exec_ssh(argv: list[str]) -> None:
+    """Replace this process with ssh (its tty, its exit code); one line when ssh is missing."""
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        fail("`ssh` is not installed; install the openssh-client package")

@@ -259,15 +259,20 @@ def send(dirs: Dirs, name: str, session: str, stdin=None) -> None:
     guest.run(dirs, record, _line_writer(session), stdin=stdin, capture=False, check=True)
 
 
+def _one_attacher(session: str) -> list[str]:
+    """The attach scripts' first lines: hold attach.lock, or say another attacher has it."""
+    busy = shlex.quote(f"session {session} already has an attacher")
+    return [f"exec 9>{shlex.quote(session_dir(session))}/attach.lock",
+            f"flock -n 9 || {{ echo {busy} >&2; exit {PREFLIGHT_EXIT}; }}"]
+
+
 def attach_pipe_script(session: str) -> str:
     """One attacher (flock on attach.lock): the log from its current end to our stdout, our stdin
     lines to the FIFO; ends a second after our stdin closes (output to then is shown) or when
     the session ends."""
     d = shlex.quote(session_dir(session))
-    busy = shlex.quote(f"session {session} already has an attacher")
     return "\n".join([
-        f"exec 9>{d}/attach.lock",
-        f"flock -n 9 || {{ echo {busy} >&2; exit {PREFLIGHT_EXIT}; }}",
+        *_one_attacher(session),
         f"p=$(systemctl show -p MainPID --value {unit(session)})",
         'exec 5<&0',
         f"n=$(stat -c %s {d}/log)",  # from here on: tail might open the log after our first line
@@ -280,10 +285,8 @@ def attach_tty_script(session: str, rows: int, cols: int) -> str:
     """A raw terminal onto a tty session: recent output, then the log followed and keystrokes into
     the FIFO byte by byte; the session's pty takes the attacher's size. Detach: ssh's `~.`."""
     d = shlex.quote(session_dir(session))
-    busy = shlex.quote(f"session {session} already has an attacher")
     return "\n".join([
-        f"exec 9>{d}/attach.lock",
-        f"flock -n 9 || {{ echo {busy} >&2; exit {PREFLIGHT_EXIT}; }}",
+        *_one_attacher(session),
         f"[ -s {d}/tty ] && stty -F \"$(cat {d}/tty)\" rows {rows} cols {cols} 2>/dev/null",
         f"p=$(systemctl show -p MainPID --value {unit(session)})",
         "stty raw -echo", "exec 5<&0",
