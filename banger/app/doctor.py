@@ -41,6 +41,7 @@ REQUIRED = [  # (command, what needs it, Debian package)
 ]
 
 OPTIONAL = [
+    ("zstd", "banger vm create restoring a VM from its image's snapshot (else VMs boot cold)", "zstd"),
     ("debootstrap", "banger demo (its Debian image, first run as root) and the tests' Debian image",
      "debootstrap"),
     ("skopeo", "banger demo (pushes its image to the local registry) and the registry tests", "skopeo"),

@@ -33,6 +33,10 @@ def _lines(rows: list[dict]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
 
+COLD_HELP = ("Boot it, instead of restoring it from the image's snapshot (made on first use; "
+             "later VMs of the same image and shape start in about a second).")
+
+
 @vm_app.command("create")
 def create(image: Optional[List[str]] = typer.Argument(None, metavar="[IMAGE | image=REF ...]",
                                                        help="A built image's name, or build words."),
@@ -44,13 +48,14 @@ def create(image: Optional[List[str]] = typer.Argument(None, metavar="[IMAGE | i
            hypervisor: str = typer.Option("auto", "--hypervisor", help="auto, qemu or firecracker"),
            no_start: bool = typer.Option(False, "--no-start", help="Create the disk and record only."),
            no_auth_sync: bool = typer.Option(False, "--no-auth-sync", help=AUTH_SYNC_HELP),
+           cold: bool = typer.Option(False, "--cold", help=COLD_HELP),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Create a VM from an image and boot it; it keeps running after banger exits."""
+    """Create a VM from an image and start it; it keeps running after banger exits."""
     from banger.vm import lifecycle
 
     opts = lifecycle.CreateOptions(image=tuple(image or ()), name=name, vcpus=vcpus, memory=memory,
                                    disk_size=disk_size, net=net, hypervisor=hypervisor, start=not no_start,
-                                   auth_sync=not no_auth_sync)
+                                   auth_sync=not no_auth_sync, cold=cold)
     record = _run(lifecycle.create, dirs(), opts, log=say)
     _show(record, as_json, created=True)
 

@@ -76,7 +76,8 @@ def run(ctx: typer.Context,
         memory: str = typer.Option("2G", "--memory", help="e.g. 2G, 512M"),
         disk_size: Optional[str] = typer.Option(None, "--disk-size"),
         net: str = typer.Option("user", "--net", help="user (no root) or bridge (root)"),
-        hypervisor: str = typer.Option("auto", "--hypervisor")) -> None:
+        hypervisor: str = typer.Option("auto", "--hypervisor"),
+        cold: bool = typer.Option(False, "--cold", help="Boot the VM instead of restoring it from a snapshot.")) -> None:
     """Create a VM with the git checkout at PATH in /root/repo; run CMD there (its exit code is banger's)."""
     from banger.core.config import load_config
     from banger.vm import access, lifecycle, workspace
@@ -92,7 +93,7 @@ def run(ctx: typer.Context,
     if from_ref and not branch:
         fail("--from needs --branch (the new branch starts there)")
     opts = lifecycle.CreateOptions(image=tuple(image or ()), name=name, vcpus=vcpus, memory=memory,
-                                   disk_size=disk_size, net=net, hypervisor=hypervisor)
+                                   disk_size=disk_size, net=net, hypervisor=hypervisor, cold=cold)
     record = _run(lifecycle.create, d, opts, log=say)
     say(f"{record.name}: VM ready")
     _run(workspace.prepare, d, record, path, branch=branch, from_ref=from_ref, full_copy=full_copy, log=say)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-KEYS = ("image", "name", "kernel", "size", "platform", "boot", "hypervisor")
+KEYS = ("image", "name", "kernel", "size", "platform", "boot", "hypervisor", "snapshot")
 
 from banger.core.images import NAME_RE
 
@@ -22,6 +22,7 @@ class BuildSpec:
     platform: str | None = None  # "linux/amd64"; None = host
     boot: bool = True
     hypervisor: str = "auto"
+    snapshot: bool = False  # also save a booted machine for `banger vm create` to restore
 
 
 def parse_size(text: str) -> int:
@@ -50,11 +51,12 @@ def parse_words(words: list[str] | tuple[str, ...], command: str = "banger build
         raise SpecError(f"no image given; use e.g. `{command} image=debian:bookworm`")
     if "size" in values:
         values["size"] = parse_size(str(values["size"]))
-    if "boot" in values:
-        text = str(values["boot"]).lower()
-        if text not in ("yes", "no", "true", "false", "1", "0"):
-            raise SpecError(f"boot={values['boot']!r}; use boot=yes or boot=no")
-        values["boot"] = text in ("yes", "true", "1")
+    for flag in ("boot", "snapshot"):
+        if flag in values:
+            text = str(values[flag]).lower()
+            if text not in ("yes", "no", "true", "false", "1", "0"):
+                raise SpecError(f"{flag}={values[flag]!r}; use {flag}=yes or {flag}=no")
+            values[flag] = text in ("yes", "true", "1")
     if "hypervisor" in values and values["hypervisor"] not in ("auto", "qemu", "firecracker"):
         raise SpecError(f"hypervisor={values['hypervisor']!r}; use auto, qemu or firecracker")
     if "name" in values and not NAME_RE.fullmatch(str(values["name"])):

@@ -107,17 +107,26 @@ class QemuVM(VM):
         elif ssh_port is not None:
             args += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                      "-device", f"virtio-net-{bus},netdev=net0"]
-        if cfg.control_socket is not None:  # relative to the run dir QEMU runs in: socket paths are
-            # limited to 108 bytes, and state dirs can be deep
-            sock = cfg.control_socket.name if cfg.control_socket.parent == self.run_dir else cfg.control_socket
-            args += ["-qmp", f"unix:{sock},server=on,wait=off"]
+        if cfg.resume_socket is not None:  # ttyS1: a snapshot's resume channel (resume.sh)
+            args += ["-chardev", f"socket,id=resume,path={self._near(cfg.resume_socket)},server=on,wait=off",
+                     "-device", "isa-serial,chardev=resume"]
+        if cfg.control_socket is not None:
+            args += ["-qmp", f"unix:{self._near(cfg.control_socket)},server=on,wait=off"]
+        if cfg.incoming is not None:
+            args += ["-incoming", cfg.incoming]
         return args
+
+    def _near(self, sock: Path) -> Path | str:
+        """A socket path relative to the run dir QEMU runs in when it is there: unix socket paths
+        are limited to 108 bytes, and state dirs can be deep."""
+        return sock.name if sock.parent == self.run_dir else sock
 
     def _launch(self) -> None:
         # the snapshot=on overlay goes to $TMPDIR: keep it in the run dir
         env = {**os.environ, "TMPDIR": str(self.run_dir)}
-        if self.config.control_socket is not None:
-            self.config.control_socket.unlink(missing_ok=True)
+        for sock in (self.config.control_socket, self.config.resume_socket):
+            if sock is not None:
+                sock.unlink(missing_ok=True)
         if self.config.tap is not None:
             with open(self.console_log, "ab") as console:
                 self._spawn(self.argv(None), stdout=console, env=env)
@@ -144,8 +153,9 @@ class QemuVM(VM):
                            f"after {PORT_ATTEMPTS} attempts")
 
     def _cleanup(self) -> None:
-        if self.config.control_socket is not None:
-            self.config.control_socket.unlink(missing_ok=True)
+        for sock in (self.config.control_socket, self.config.resume_socket):
+            if sock is not None:
+                sock.unlink(missing_ok=True)
 
     def _wait_for_hostfwd(self, port: int, timeout: float = 10.0) -> bool:
         """True once QEMU listens on the port; False if it exited because it could not bind it."""

@@ -62,6 +62,9 @@ class VMConfig:
     ssh_port: int | None = None  # loopback port to forward to the guest's sshd, when still free
     tap: "TapNIC | None" = None  # bridge networking: a tap banger prepared (instead of user-mode net)
     control_socket: Path | None = None  # QMP (QEMU) socket
+    # ---- snapshots (QEMU): the restored VM's devices must be the saved one's ----
+    resume_socket: Path | None = None  # a second serial port on this socket: the guest's resume channel
+    incoming: str | None = None  # QEMU -incoming URI: start from this saved state, paused
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ class VM:
         # the VMM runs in the run dir: relative paths would point elsewhere
         self.config = dataclasses.replace(config, **{
             name: Path(os.path.abspath(getattr(config, name)))
-            for name in ("kernel", "run_dir", "initrd", "rootfs", "vmlinux", "disk", "kept", "control_socket")
+            for name in ("kernel", "run_dir", "initrd", "rootfs", "vmlinux", "disk", "kept", "control_socket",
+                         "resume_socket")
             if getattr(config, name) is not None})
         self.run_dir = self.config.run_dir
         self.console_log = self.run_dir / "console.log"

@@ -9,7 +9,9 @@ Everything the guest runs is a POSIX sh script (images may have no Python):
     first-boot.sh   install openssh-server with the distro's package manager (marker-driven)
     agent.sh        print `BANGER_READY <boot-id>` on the serial console once units started,
                     after the sshd host key as `BANGER_HOSTKEY <boot-id> <type> <base64>`
-                    (parse_hostkey_lines)
+                    (parse_hostkey_lines); in a snapshot boot, hand over to resume.sh
+    resume.sh       a snapshot boot's quiesce point: announce BANGER_SNAPSHOT_READY, wait on the
+                    second serial port for a restored VM's identity (resume_message), apply it
 plus systemd units (enabled by `multi-user.target.wants` links and a preset file), or, for an
 image without systemd, one /etc/inittab line that runs sysv-boot.sh (busybox init, sysvinit).
 
@@ -37,9 +39,13 @@ from typing import Iterable
 
 from banger.core import digest as dg
 
-ASSETS_FORMAT = "3"  # bump when the mapping below (paths, modes, which files) changes; 3: identity
+ASSETS_FORMAT = "4"  # bump when the mapping below (paths, modes, which files) changes; 4: resume.sh
 READY_PREFIX = "BANGER_READY"  # the agent's console line: "BANGER_READY <boot-id>"
 HOSTKEY_PREFIX = "BANGER_HOSTKEY"  # the agent's key lines before it: "BANGER_HOSTKEY <boot-id> <type> <base64>"
+SNAPSHOT_READY_PREFIX = "BANGER_SNAPSHOT_READY"  # resume.sh's line: "... <boot-id>", then it waits
+RESUME_PREFIX = "BANGER_RESUME"  # the host's line to a restored VM, then its host key, then RESUME_END
+RESUME_END = "BANGER_RESUME_END"
+RESUME_CHANNEL = "/dev/ttyS1"  # the second serial port: QEMU's resume socket (hypervisor.qemu)
 IDENTITY_MARKER = "/var/lib/banger/vm-id"  # the banger.id identity.sh last set up (in the guest)
 VSOCK_READY_PORT = 10789  # the agent also sends the line to host CID 2 on this port
 SCRIPTS_DIR = "/usr/lib/banger"
@@ -55,7 +61,8 @@ INITTAB_LINES = {"busybox": f"::once:{SYSV_HOOK}", "sysvinit": f"bngr:2345:once:
 WANTS_DIR = "/etc/systemd/system/multi-user.target.wants"
 UNITS = ("banger-identity.service", "banger-network.service", "banger-sshd-keys.service",
          "banger-first-boot.service", "banger-agent.service")
-SCRIPTS = ("identity.sh", "network.sh", "sshd-keys.sh", "first-boot.sh", "agent.sh", "sysv-boot.sh")
+SCRIPTS = ("identity.sh", "network.sh", "sshd-keys.sh", "first-boot.sh", "agent.sh", "resume.sh",
+           "sysv-boot.sh")
 PRESET = "80-banger.preset"
 # units whose templates set StartupCPUWeight= (agent.sh restores their weight after the boot)
 STARTUP_WEIGHTED_UNITS = ("ssh.service", "sshd.service", "banger-network.service",
@@ -175,6 +182,10 @@ def render_params(network: NetworkSettings) -> dict:
         "network": network.params(),
         "ready_prefix": READY_PREFIX,
         "hostkey_prefix": HOSTKEY_PREFIX,
+        "snapshot_ready_prefix": SNAPSHOT_READY_PREFIX,
+        "resume_prefix": RESUME_PREFIX,
+        "resume_end": RESUME_END,
+        "resume_channel": RESUME_CHANNEL,
         "identity_marker": IDENTITY_MARKER,
         "vsock_port": VSOCK_READY_PORT,
         "scripts_dir": SCRIPTS_DIR,
@@ -324,3 +335,25 @@ def _blob_names(data: str, key_type: str) -> bool:
         return False
     size = int.from_bytes(blob[:4], "big")
     return len(blob) > 4 and blob[4:4 + size] == key_type.encode()
+
+
+# ---- a VM restored from a snapshot (resume.sh) ----------------------------------------------------
+SNAPSHOT_WORD = "banger.snapshot=1"  # on a snapshot boot's kernel command line
+
+
+def resume_message(name: str, vm_id: str, ssh_key: str, host_private_key: bytes, host_public_key: str,
+                   *, clock: float, seed: bytes, grow_to_sectors: int | None = None) -> bytes:
+    """What the host sends a restored VM on its resume channel (see resume.sh): one line of
+    words (identity_cmdline's, the clock, fresh entropy, the new sshd host key's public half,
+    the disk's new size), then the host key's OpenSSH private key lines, then RESUME_END."""
+    words = identity_cmdline(name, vm_id, grow_to_sectors is not None, systemd=False, ssh_key=ssh_key).split()
+    parts = host_public_key.split()
+    if len(parts) < 2 or parts[0] != "ssh-ed25519" or not SSH_KEY_BASE64.fullmatch(parts[1]):
+        raise AssetError(f"{host_public_key[:40]!r}... is not an ed25519 public key line")
+    words += [f"banger.time={clock:.3f}", f"banger.seed={seed.hex()}", f"banger.hostkey={parts[0]}:{parts[1]}"]
+    if grow_to_sectors is not None:
+        words.append(f"banger.disk_sectors={int(grow_to_sectors)}")
+    key_lines = host_private_key.decode("ascii").strip().splitlines()
+    if not key_lines or not key_lines[0].startswith("-----BEGIN OPENSSH PRIVATE KEY-----"):
+        raise AssetError("the restored VM's host key is not an OpenSSH private key")
+    return ("\n".join([f"{RESUME_PREFIX} {' '.join(words)}", *key_lines, RESUME_END]) + "\n").encode("ascii")

@@ -97,6 +97,17 @@ def _generate_openssh_private() -> bytes:
                                                       serialization.NoEncryption())
 
 
+def new_host_key() -> tuple[bytes, str]:
+    """A new ed25519 key pair for a guest's sshd (a VM restored from a snapshot): the OpenSSH
+    private key and the public line ("ssh-ed25519 AAAA..."). Never written to disk by the host."""
+    from cryptography.hazmat.primitives import serialization
+
+    private = _generate_openssh_private()
+    key = serialization.load_ssh_private_key(private, password=None)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode()
+
+
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

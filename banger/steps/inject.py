@@ -16,7 +16,6 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -157,7 +156,6 @@ def _ancestors(path: str) -> Iterator[str]:
         parent = posixpath.dirname(parent)
 
 
-@lru_cache(maxsize=1)
 # ---- the doit step --------------------------------------------------------------------------
 def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
     from banger.rootfs import sshkey

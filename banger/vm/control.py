@@ -1,9 +1,7 @@
 """Talking to a running VM from any banger process: power it off through the guest (SSH with
 the managed key, ACPI over QMP as a fallback), query it, or end the VMM.
 
-QMP goes through the maintained `qemu.qmp` library (imported only here, when a VM is stopped or
-queried). The socket is reached through /proc/self/fd/N/qmp.sock, an O_PATH handle on the VM's
-directory, because unix socket paths are limited to 108 bytes and state dirs can be deep.
+QMP goes through banger.hypervisor.qmp (the maintained `qemu.qmp` library).
 """
 from __future__ import annotations
 
@@ -12,31 +10,16 @@ import signal
 import time
 from pathlib import Path
 
-from banger.core import fsutil
 from banger.core import procs
+from banger.hypervisor import qmp as qmp_client
 from banger.vm.records import VMRecord
 
-QMP_TIMEOUT = 5.0
 POWEROFF_GRACE = 20.0  # seconds for the guest's own poweroff before ACPI is asked too
 
 
 def qmp(socket_path: Path, command: str, **arguments) -> dict | None:
     """Run one QMP command; None when the socket does not answer."""
-    if not socket_path.exists():
-        return None
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
-    with fsutil.socket_path(socket_path) as short:
-        monitor = QEMUMonitorProtocol(short)
-        try:
-            monitor.connect(negotiate=True)
-            monitor.settimeout(QMP_TIMEOUT)
-            return monitor.cmd(command, **arguments) if arguments else monitor.cmd(command)
-        except Exception:  # the VM went away, or its QMP is busy: the caller falls back
-            return None
-        finally:
-            with contextlib.suppress(Exception):
-                monitor.close()
+    return qmp_client.command(socket_path, command, **arguments)
 
 
 def guest_poweroff(record: VMRecord, private_key: Path, timeout: float = 10.0) -> bool:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 from banger.core import fsutil
+from banger.hypervisor import qemu_img
 from banger.vm.records import VMStateError
 
 SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.I)
@@ -31,24 +30,21 @@ def disk_name(backend: str) -> str:
     return "disk.qcow2" if backend == "qemu" else "disk.raw"
 
 
-def create(backend: str, base: Path, dest: Path, size: int) -> None:
-    """Make dest, a disk of `size` bytes whose contents are base's (a raw ext4 image)."""
-    base_size = base.stat().st_size
+def create(backend: str, base: Path, dest: Path, size: int, base_format: str = "raw",
+           base_size: int | None = None) -> None:
+    """Make dest, a disk of `size` bytes whose contents are base's: a raw ext4 image, or (QEMU) a
+    snapshot's qcow2 disk layer of `base_size` virtual bytes."""
+    base_size = base_size if base_size is not None else base.stat().st_size
     if size < base_size:
         raise VMStateError(f"--disk-size {size // 2**20}M is smaller than the image ({base_size // 2**20}M); "
                            f"give at least {-(-base_size // 2**20)}M")
     tmp = dest.with_name(f".{dest.name}.tmp")
     try:
         if backend == "qemu":
-            qemu_img = shutil.which("qemu-img")
-            if qemu_img is None:
-                raise VMStateError("`qemu-img` is not installed; install the qemu-utils package")
-            proc = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base.resolve()),
-                                   "-o", "lazy_refcounts=on", str(tmp), str(size)],
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
-                raise VMStateError(f"qemu-img could not create the VM's disk: "
-                                   f"{' '.join(proc.stderr.split()) or proc.returncode}")
+            try:
+                qemu_img.create_overlay(base, tmp, size, base_format)
+            except qemu_img.QemuImgError as exc:
+                raise VMStateError(str(exc)) from None
         else:
             fsutil.copy_sparse(base, tmp)
             os.truncate(tmp, size)

@@ -40,6 +40,7 @@ class CreateOptions:
     hypervisor: str = "auto"
     start: bool = True
     auth_sync: bool = True  # copy the host's agent auth files in (auth.py)
+    cold: bool = False  # boot, instead of restoring from the image's snapshot (made on first use)
 
 
 def resolve_image(dirs: Dirs, settings: dict, words: tuple[str, ...], log: Log) -> images.ImageRecord:
@@ -102,12 +103,19 @@ def create(dirs: Dirs, opts: CreateOptions, log: Log = lambda m: None) -> VMReco
     try:
         with records.locked(dirs.state, name):
             pins.pin(store.root, f"vm-{name}", list(artifacts.values()), vm_dir / "vm.json")
-            disks.create(backend, base, vm_dir / record.disk, size)
+            snap = _snapshot_for(dirs, record, log) if opts.start and not opts.cold else None
+            if snap is not None:
+                record.artifacts["snapshot-disk"] = snap.outputs["disk"]
+                pins.pin(store.root, f"vm-{name}", list(record.artifacts.values()), vm_dir / "vm.json")
+                disks.create(backend, store.path(snap.outputs["disk"]), vm_dir / record.disk, size,
+                             base_format="qcow2", base_size=base.stat().st_size)
+            else:
+                disks.create(backend, base, vm_dir / record.disk, size)
             records.save(dirs.state, record)  # from here on it is a VM (list shows it)
             if opts.start:
                 ensure_key(dirs.state)
                 try:
-                    record = launch.boot(dirs, settings, record, log)
+                    record = _first_start(dirs, settings, record, snap, base, log)
                 except VMError as exc:
                     raise VMError(f"{exc}\n{name} was kept ({record.state}): `banger vm logs {name}` shows its "
                                   f"console, `banger vm start {name}` tries again, `banger vm rm {name}` "
@@ -119,6 +127,49 @@ def create(dirs: Dirs, opts: CreateOptions, log: Log = lambda m: None) -> VMReco
             pins.unpin(store.root, f"vm-{name}")
             remove_tree(vm_dir)
         raise
+
+
+def _snapshot_for(dirs: Dirs, record: VMRecord, log: Log):
+    """The snapshot to restore this new VM from (made now on first use), or None: boot cold."""
+    if record.backend != "qemu" or record.net != "user":
+        log(f"{record.name}: booting (restoring from a snapshot needs QEMU with --net user)")
+        return None
+    from banger.app import snapshot
+    from banger.core.errors import BuildError
+
+    try:
+        choice = choose("qemu")
+        shape = snapshot.Shape(choice.backend, choice.accel, choice.machine, record.vcpus, record.memory_mib, record.net)
+        snap, _ = snapshot.ensure(dirs, record.artifacts, shape, log)
+    except snapshot.Damaged as exc:
+        log(f"warning: {exc}; dropped it, booting {record.name} cold")
+        return None
+    except (BuildError, HypervisorError) as exc:
+        log(f"warning: no snapshot to restore {record.name} from ({str(exc).splitlines()[0]}); booting it cold")
+        return None
+    return snap
+
+
+def _first_start(dirs: Dirs, settings: dict, record: VMRecord, snap, base: Path, log: Log) -> VMRecord:
+    """Restore the new VM from `snap`; a snapshot that fails is dropped and the VM boots cold."""
+    if snap is None:
+        return launch.boot(dirs, settings, record, log)
+    from banger.app import snapshot
+    from banger.vm.restore import SnapshotUnusable, restore
+
+    try:
+        return restore(dirs, record, snap, log)
+    except SnapshotUnusable as exc:
+        log(f"warning: snapshot {snap.key[:12]} did not restore ({exc}); dropped it, booting {record.name} cold")
+    snapshot.drop(dirs, snap)
+    vm_dir = records.vm_dir(dirs.state, record.name)
+    del record.artifacts["snapshot-disk"]
+    disks.create(record.backend, base, vm_dir / record.disk, record.disk_size)
+    record.grow = record.disk_size > base.stat().st_size
+    record.state, record.reason = "created", ""
+    records.save(dirs.state, record)
+    pins.pin(Path(record.cache), f"vm-{record.name}", list(record.artifacts.values()), vm_dir / "vm.json")
+    return launch.boot(dirs, settings, record, log)
 
 
 def get(dirs: Dirs, name: str, locked: bool = False) -> VMRecord:

@@ -62,6 +62,7 @@ class VMRecord:
     boots: int = 0
     grow: bool = False  # the guest grows its filesystem at its next (first) boot
     host_key: str = ""  # "ssh-ed25519 AAAA...", pinned in banger's known_hosts
+    snapshot: str = ""  # the snapshot step's key when it was restored from one (vm/restore.py)
     stop_requested: bool = False
     extra: dict = field(default_factory=dict)
 

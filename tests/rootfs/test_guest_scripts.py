@@ -50,6 +50,7 @@ def sandbox_bin(tmp_path) -> Path:
 def fake_tool(bindir: Path, name: str, exit_code: int = 0) -> Path:
     """A fake command that records its arguments in <bindir>/<name>.log."""
     path = bindir / name
+    path.unlink(missing_ok=True)  # never write through a link to the real tool
     path.write_text(f'#!/bin/sh\necho "$*" >> "{bindir}/{name}.log"\nexit {exit_code}\n')
     path.chmod(0o755)
     return path

@@ -1,0 +1,145 @@
+"""Start a new VM from a snapshot instead of booting it (the snapshot step, steps/snapshot.py):
+QEMU loads the saved machine (paused), the VM's disk is its own qcow2 overlay on the
+snapshot's frozen disk layer, and over the guest's resume channel (resume.sh) the host sends
+this VM's identity, a new sshd host key it made (and pins), fresh entropy and the clock. Then,
+as after a boot, an SSH login proves the key, `NAME.vm` is published and the VM is detached.
+
+Anything that goes wrong before the guest runs again (a corrupt or truncated memory file, a
+QEMU that cannot load it) or before it announces itself raises SnapshotUnusable: the caller
+drops the snapshot and boots the VM cold.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+from banger.core import fsutil, procs
+from banger.core.config import Dirs, load_config
+from banger.core.store import ActionRecord, Store
+from banger.hypervisor import qmp
+from banger.hypervisor.backends import create as create_vm
+from banger.hypervisor.choice import choose
+from banger.hypervisor.vm import VMConfig, VMError, tail_lines
+from banger.rootfs import guest_assets
+from banger.rootfs.sshkey import ensure_key, new_host_key
+from banger.steps.boot import READY_PATTERN, ssh_login
+from banger.steps.snapshot import DISK_DEVICE
+from banger.vm import access, records
+from banger.vm.records import VMRecord
+
+LOAD_TIMEOUT = 60.0  # seconds for QEMU to load the saved state
+READY_TIMEOUT = 120.0  # seconds from `cont` to the guest's readiness line and an SSH login
+
+
+class SnapshotUnusable(RuntimeError):
+    """This snapshot cannot start this VM; the message is one line. Boot cold instead."""
+
+
+def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str], None] = lambda m: None) -> VMRecord:
+    """Start the VM (the caller holds its lock; its disk is an overlay on the snapshot's disk
+    layer) from `snap`; returns the record, saved as running."""
+    vm_dir = records.vm_dir(dirs.state, record.name)
+    store = Store(Path(record.cache))
+    memory = snap.outputs["memory"]
+    if not store.verify(memory, full=True) or not store.verify(snap.outputs["disk"]):
+        raise SnapshotUnusable("the snapshot's files are damaged or gone")
+    choice = choose(snap.params["backend"])
+    paths = {k: store.path(v) for k, v in snap.inputs.items()}
+    key = ensure_key(dirs.state)
+    config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
+                      disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=snap.params["memory_mib"],
+                      vcpus=snap.params["vcpus"], cmdline=snap.params["cmdline"], kept=vm_dir / "exit.json",
+                      ssh_port=record.ssh_port or None, control_socket=vm_dir / "qmp.sock",
+                      resume_socket=vm_dir / "resume.sock",
+                      incoming=f"exec:zstd -dcq -- {shlex.quote(str(store.path(memory)))}")
+    vm = create_vm(choice, config)
+    record.state, record.reason, record.stop_requested = "starting", "", False
+    record.accel, record.machine = choice.accel, choice.machine
+    records.save(dirs.state, record)
+    log(f"{record.name}: restoring from snapshot {snap.key[:12]} ({choice.backend}/{choice.accel}/{choice.machine}, "
+        f"{record.vcpus} vCPU, {record.memory_mib} MiB)")
+    start = time.monotonic()
+    resumed = False
+    channel: socket.socket | None = None
+    try:
+        vm.start()
+        record.vmm_pid = vm.vmm_pid or 0
+        record.vmm_start = procs.start_time(record.vmm_pid)
+        record.console_offset = vm._console_offset
+        record.address, record.ssh_port = vm.ssh_address
+        records.save(dirs.state, record)
+        try:
+            qmp.wait_loaded(vm_dir / "qmp.sock", lambda: vm.running, LOAD_TIMEOUT)
+        except qmp.QMPError as exc:
+            said = " ".join(tail_lines(vm.vmm_log, 1))
+            raise SnapshotUnusable(f"{exc}{' (QEMU: ' + said + ')' if said else ''}") from None
+        timings = {"loaded": time.monotonic() - start}
+        grow = record.disk_size > store.path(snap.inputs["rootfs"]).stat().st_size
+        qmp.resume(vm_dir / "qmp.sock", block_resize=(DISK_DEVICE, record.disk_size) if grow else None)
+        resumed = True
+        private, public = new_host_key()
+        message = guest_assets.resume_message(record.name, record.id, key.public_line, private, public,
+                                              clock=time.time(), seed=os.urandom(32),
+                                              grow_to_sectors=record.disk_size // 512 if grow else None)
+        channel = _send(vm_dir / "resume.sock", message)
+        seen: list[str] = []
+        ready = vm.wait_for_console_line(READY_PATTERN, timeout=READY_TIMEOUT, seen=seen,
+                                         what="BANGER_READY (the restored guest's readiness line)")
+        timings["guest_ready"] = time.monotonic() - start
+        words = ready.split()
+        offered = guest_assets.parse_hostkey_lines(seen, words[1] if len(words) > 1 else None)
+        wanted = " ".join(public.split()[:2])
+        if offered != [wanted]:
+            raise vm.failure("the restored guest did not announce the host key banger sent it")
+        client = ssh_login(vm, key.private_path, time.monotonic() + READY_TIMEOUT)
+        try:
+            served = client.get_transport().get_remote_server_key()
+        finally:
+            client.close()
+        if f"{served.get_name()} {served.get_base64()}" != wanted:
+            raise vm.failure("the restored VM's sshd presented another host key than the one banger sent it")
+        timings["ssh_ready"] = time.monotonic() - start
+        record.host_key = wanted
+        access.publish(dirs, load_config(dirs), record)
+        vm.detach()
+    except BaseException as exc:
+        vm.stop()
+        record.vmm_pid, record.vmm_start = 0, None
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        record.state = "stopped" if interrupted else "crashed"
+        record.reason = "interrupted while restoring" if interrupted else str(exc).splitlines()[0]
+        records.save(dirs.state, record)
+        if isinstance(exc, (VMError, OSError, qmp.QMPError)) and not interrupted:
+            stage = "after it resumed" if resumed else "before it ran"
+            raise SnapshotUnusable(f"the VM failed {stage}: {str(exc).splitlines()[0]}") from None
+        raise
+    finally:
+        if channel is not None:
+            channel.close()
+    record.state, record.grow = "running", False
+    record.boots += 1
+    record.started_at = time.time()
+    record.snapshot = snap.key
+    record.extra["restore_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    records.save(dirs.state, record)
+    log(f"{record.name}: ready in {time.monotonic() - start:.1f} s (restored)")
+    return record
+
+
+def _send(sock_path: Path, message: bytes) -> socket.socket:
+    """Write the message to QEMU's resume socket; the connection stays open until the guest has
+    read it (the caller closes it)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with fsutil.socket_path(sock_path) as short:
+            s.connect(short)
+        s.sendall(message)
+    except OSError:
+        s.close()
+        raise
+    return s
+

@@ -1,0 +1,136 @@
+"""resume.sh, the restored VM's half of a snapshot (run with the host's real `sh` in a sandbox
+root), and the host's message to it (guest_assets.resume_message). The channel is a file holding
+what the host sends; `date`, `mount`, `stty`, `sync` and `systemctl` are fakes that log their
+arguments. The boot over real QEMU is tests/vm/test_snapshot_e2e.py."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from banger.rootfs import guest_assets as ga
+from banger.rootfs.sshkey import new_host_key
+from tests.rootfs.test_guest_scripts import fake_tool, sandbox_bin, scripts  # noqa: F401  (fixtures)
+from tests.rootfs.test_identity import VM_ID, guest  # noqa: F401  (fixture)
+
+USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIx8uUmoTtf6ZQ2N2HZtE1ZlYQOdJ8Ea3o1i9Tf7TJZB me@host"
+NEW_BOOT = "9c1f3a52-0d6e-4b7a-9a43-5f0b2c1d7e88"
+
+
+@pytest.fixture
+def host_key():
+    return new_host_key()
+
+
+def message(host_key, *, sectors: int | None = None, name: str = "clone-2") -> bytes:
+    private, public = host_key
+    return ga.resume_message(name, VM_ID, USER_KEY, private, public, clock=1795900000.25, seed=b"\x01" * 32,
+                             grow_to_sectors=sectors)
+
+
+def resume(scripts: Path, root: Path, bindir: Path, data: bytes, extra: dict | None = None):
+    """One restored VM's run of resume.sh: the channel holds `data`; returns (process, console)."""
+    (root / "proc/sys/kernel/random").mkdir(parents=True, exist_ok=True)
+    (root / "proc/sys/kernel/random/boot_id").write_text("11111111-2222-3333-4444-555555555555\n")
+    (root / "proc/sys/kernel/random/uuid").write_text(NEW_BOOT + "\n")
+    (root / "run").mkdir(exist_ok=True)
+    for key in (root / "etc/ssh").glob("ssh_host_*_key"):  # as ssh-keygen left them
+        key.chmod(0o600)
+    channel, console, urandom = root / "channel", root / "console", root / "urandom"
+    channel.write_bytes(data)
+    console.write_text("")
+    for tool in ("date", "mount", "stty", "sync", "systemctl", "sleep"):
+        fake_tool(bindir, tool)
+    env = {"PATH": str(bindir), "BANGER_ROOT": str(root), "BANGER_RESUME_CHANNEL": str(channel),
+           "BANGER_SCRIPTS_DIR": str(scripts), "BANGER_URANDOM": str(urandom), "BANGER_CONSOLES": str(console),
+           "BANGER_SYSTEMD_RUN_DIR": str(root / "no-systemd"), **(extra or {})}
+    proc = subprocess.run(["sh", str(scripts / "resume.sh")], env=env, capture_output=True, text=True, timeout=60)
+    return proc, console.read_text()
+
+
+def log(bindir: Path, tool: str) -> str:
+    path = bindir / f"{tool}.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_restored_vm_takes_the_identity_key_entropy_and_clock_the_host_sent(scripts, sandbox_bin, guest, host_key):
+    private, public = host_key
+    proc, console = resume(scripts, guest, sandbox_bin, message(host_key))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the quiesce line came first, with the snapshot boot's id; then this VM's key and readiness
+    lines = [line for line in console.splitlines() if line]
+    assert lines[0] == f"{ga.SNAPSHOT_READY_PREFIX} 11111111-2222-3333-4444-555555555555"
+    key_type, key_data = public.split()[:2]
+    assert lines[1:] == [f"{ga.HOSTKEY_PREFIX} {NEW_BOOT} {key_type} {key_data}", f"{ga.READY_PREFIX} {NEW_BOOT}"]
+    # the host's key, private half 0600, and no other host key left
+    ssh = guest / "etc/ssh"
+    assert (ssh / "ssh_host_ed25519_key").read_bytes() == private
+    assert stat.S_IMODE((ssh / "ssh_host_ed25519_key").stat().st_mode) == 0o600
+    assert (ssh / "ssh_host_ed25519_key.pub").read_text().split()[:2] == [key_type, key_data]
+    assert sorted(p.name for p in ssh.glob("ssh_host_*")) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    # identity.sh ran on the words: name, machine id, marker, the user's key
+    assert (guest / "etc/hostname").read_text() == "clone-2\n"
+    assert (guest / "etc/machine-id").read_text() == VM_ID + "\n"
+    assert (guest / "proc/sys/kernel/hostname").read_text() == "clone-2"
+    assert (guest / ga.IDENTITY_MARKER.lstrip("/")).read_text() == VM_ID + "\n"
+    assert USER_KEY.split()[1] in (guest / "root/.ssh/authorized_keys").read_text()
+    # entropy, clock, boot id
+    assert (guest / "urandom").read_text() == "01" * 32
+    assert log(sandbox_bin, "date").split() == ["-s", "@1795900000.250"]
+    assert (guest / "run/banger-boot-id").read_text() == NEW_BOOT + "\n"
+    assert log(sandbox_bin, "mount").split() == ["--bind", str(guest / "run/banger-boot-id"),
+                                                 str(guest / "proc/sys/kernel/random/boot_id")]
+    assert log(sandbox_bin, "stty").split() == ["raw", "-echo"]
+
+
+def test_a_grown_disk_is_waited_for_then_resized(scripts, sandbox_bin, guest, host_key, tmp_path):
+    block = tmp_path / "sys-block"
+    (block / "vda").mkdir(parents=True)
+    (block / "vda/size").write_text("4194304\n")  # the kernel already saw the new size
+    fake_tool(sandbox_bin, "resize2fs")
+    proc, _ = resume(scripts, guest, sandbox_bin, message(host_key, sectors=4194304),
+                     {"BANGER_SYS_BLOCK": str(block)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert log(sandbox_bin, "resize2fs").split() == ["/dev/vda"]
+    assert log(sandbox_bin, "sleep") == ""
+
+
+def test_a_channel_that_closes_early_is_reported_and_announces_nothing(scripts, sandbox_bin, guest):
+    proc, console = resume(scripts, guest, sandbox_bin, b"some noise\n")
+    assert proc.returncode == 1
+    assert "closed before it sent this VM's identity" in proc.stdout
+    assert ga.READY_PREFIX + " " not in console
+    assert (guest / "etc/hostname").read_text() == "image-name\n"
+
+
+def test_the_agent_of_a_snapshot_boot_hands_over_to_resume(scripts, sandbox_bin, guest, tmp_path, host_key):
+    """agent.sh with banger.snapshot=1 on the command line announces no readiness itself."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"console=ttyS0 {ga.SNAPSHOT_WORD} quiet\n")
+    (guest / "proc/sys/kernel/random").mkdir(parents=True, exist_ok=True)
+    proc, console = resume(scripts, guest, sandbox_bin, message(host_key),
+                           {"BANGER_CMDLINE_FILE": str(cmdline), "BANGER_SSH_DIR": str(guest / "etc/ssh")})
+    assert proc.returncode == 0
+    agent = subprocess.run(["sh", str(scripts / "agent.sh")], capture_output=True, text=True, timeout=60, env={
+        "PATH": str(sandbox_bin), "BANGER_CMDLINE_FILE": str(cmdline), "BANGER_SCRIPTS_DIR": str(tmp_path / "none"),
+        "BANGER_CONSOLES": str(guest / "console"), "BANGER_SYSTEMD_RUN_DIR": str(tmp_path / "none")})
+    assert agent.returncode != 0  # it tried to exec resume.sh (absent here) instead of announcing
+    assert "resume.sh" in agent.stderr
+
+
+@pytest.mark.parametrize("bad", ["ssh-rsa AAAAB3NzaC1yc2E", "not a key"])
+def test_the_message_refuses_a_host_key_that_is_not_ed25519(host_key, bad):
+    with pytest.raises(ga.AssetError, match="not an ed25519 public key"):
+        ga.resume_message("vm", VM_ID, USER_KEY, host_key[0], bad, clock=0, seed=b"x")
+
+
+def test_the_message_is_one_line_of_words_then_the_key(host_key):
+    text = message(host_key, sectors=100).decode()
+    first, *rest = text.splitlines()
+    assert first.startswith(f"{ga.RESUME_PREFIX} banger.name=clone-2 banger.id={VM_ID} banger.grow=1 ")
+    assert "banger.disk_sectors=100" in first and "systemd." not in first
+    assert rest[0] == "-----BEGIN OPENSSH PRIVATE KEY-----" and rest[-1] == ga.RESUME_END
+    assert os.linesep == "\n" and text.endswith("\n")
