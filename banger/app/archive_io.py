@@ -7,7 +7,9 @@ travel, and any tar reader (GNU tar, Python's tarfile, an older banger) restores
 Import writes nothing but fresh files in a private staging directory: every path is walked one
 component at a time from a directory handle with O_NOFOLLOW, every file is created with O_EXCL
 (a member that names an existing path, e.g. a symlink the archive planted, is refused), a hardlink
-must name a regular file earlier in its own tree, and runs of zeros become holes again. The
+must name a regular file earlier in its own tree, modes are those banger's trees have (never
+set-id, sticky or group/world-writable: such a tree then fails its digest), and runs of zeros
+become holes again. The
 decompressed stream and the files' sizes (holes included) are capped.
 """
 from __future__ import annotations
@@ -151,13 +153,14 @@ class SizeBudget:
     """Files' sizes (holes included) may add up to APPARENT_FACTOR times the stream cap."""
 
     def __init__(self, cap: int):
-        self.left = cap * APPARENT_FACTOR
+        self.total = self.left = cap * APPARENT_FACTOR
 
     def take(self, member: tarfile.TarInfo) -> None:
         self.left -= max(member.size, 0)
         if self.left < 0:
-            raise ArchiveError(f"member {member.name!r} makes its files add up to more than "
-                               f"{human_bytes(self.left + member.size)}; refusing it")
+            raise ArchiveError(f"with member {member.name!r} its files add up to more than "
+                               f"{human_bytes(self.total)}; refusing it (for a larger export, set "
+                               "BANGER_IMPORT_MAX_BYTES)")
 
 
 def new_file(dir_fd: int, name: str, mode: int = 0o600) -> int:
@@ -204,7 +207,7 @@ class TreeWriter:
         if not rel:
             if not member.isdir():
                 raise ArchiveError(f"tree {member.name!r} is not a directory; refusing the archive")
-            os.fchmod(self.fd, member.mode & 0o7777 | 0o700)
+            os.fchmod(self.fd, member.mode & 0o755 | 0o700)
             return
         parent = self._walk(rel[:-1], True, member.name)
         name = rel[-1]
@@ -214,7 +217,7 @@ class TreeWriter:
                     os.mkdir(name, 0o700, dir_fd=parent)
                 fd = _open_dir(parent, name, member.name)
                 try:
-                    os.fchmod(fd, member.mode & 0o7777 | 0o700)
+                    os.fchmod(fd, member.mode & 0o755 | 0o700)
                 finally:
                     os.close(fd)
             elif member.issym():
@@ -228,7 +231,7 @@ class TreeWriter:
                 fd = new_file(parent, name)
                 try:
                     write_sparse(tar.extractfile(member), fd)
-                    os.fchmod(fd, member.mode & 0o7777 | 0o600)
+                    os.fchmod(fd, member.mode & 0o755 | 0o600)
                 finally:
                     os.close(fd)
             else:

@@ -114,7 +114,7 @@ def import_file(store: Store, src: Path, max_bytes: int | None = None) -> dict:
                         for member in tar:
                             budget.take(member)
                             _extract(tar, member, staged)
-                        while hashed.raw.read(1 << 20):  # the rest of the file, for its digest
+                        while hashed.read(1 << 20):  # the rest of the file, for its digest
                             pass
             for tree in staged.trees.values():
                 tree.close()
@@ -164,7 +164,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, staged: _Staged) -> 
             raise ArchiveError(f"{member.name!r} is {member.size} bytes; not a banger export")
         try:
             data = json.loads(tar.extractfile(member).read())
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ArchiveError(f"{member.name!r} is not JSON; not a banger export") from None
         stem = parts[1].removesuffix(".json")
         if kind == "actions":
@@ -208,9 +208,12 @@ def _check_trees(staged: _Staged) -> None:
 
 def _check_images(staged: _Staged) -> None:
     for image in staged.images:
-        if not all(isinstance(s, dict) and isinstance(s.get("key"), str) for s in image.steps) \
-                or not isinstance(image.artifacts, dict):
-            raise ArchiveError(f"image {image.name!r} is not a valid image record")
+        steps_ok = isinstance(image.steps, list) and all(
+            isinstance(s, dict) and isinstance(s.get("key"), str) for s in image.steps)
+        artifacts_ok = isinstance(image.artifacts, dict) and all(
+            isinstance(d, str) and dg.DIGEST_RE.fullmatch(d.removeprefix(TREE)) for d in image.artifacts.values())
+        if not (steps_ok and artifacts_ok):
+            raise ArchiveError(f"image {image.name!r} is not a valid image record; not a banger export")
 
 
 def _commit(store: Store, staged: _Staged, src: Path, archive: str) -> dict:
@@ -264,7 +267,7 @@ def _commit(store: Store, staged: _Staged, src: Path, archive: str) -> dict:
     names, images_kept = [], []
     for image in staged.images:
         made = {d for s in image.steps if (r := holding.get(s["key"])) for d in r.outputs.values()}
-        if not set(record_rules._digests(image.artifacts)) <= made:
+        if not set(image.artifacts.values()) <= made:
             refused.append(f"image {image.name}: its artifacts are not what its records made")
             continue
         try:

@@ -185,6 +185,28 @@ def test_an_old_style_archive_with_the_zeros_written_out_imports_sparse(tmp_path
     assert store.verify(digest, full=True)
 
 
+def test_a_tree_with_links_and_holes_round_trips(tmp_path):
+    src = Store(tmp_path / "src")
+    tree = src.root / "staging" / "tree"
+    (tree / "etc" / "sub").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("box\n")
+    os.link(tree / "etc" / "hostname", tree / "etc" / "sub" / "hostname")
+    (tree / "etc" / "link").symlink_to("/etc/hostname")
+    sparse_file(tree / "disk", 8 << 20)
+    os.chmod(tree / "etc" / "sub", 0o750)
+    digest = src.ingest_tree(tree)
+    image_of(src, "tree", src.ingest_stream([b"rootfs"], algorithm="blake3"), digest)
+    archive = tmp_path / "tree.tar.zst"
+    export_image(src, "tree", archive)
+    dst = Store(tmp_path / "dst")
+    import_file(dst, archive)
+    moved = dst.path(digest)
+    assert dst.verify(digest, full=True)
+    assert os.readlink(moved / "etc" / "link") == "/etc/hostname"
+    assert (moved / "etc" / "sub" / "hostname").stat().st_ino == (moved / "etc" / "hostname").stat().st_ino
+    assert (moved / "disk").stat().st_blocks * 512 <= 1 << 20
+
+
 # ---- item 2: records -----------------------------------------------------------------------------
 def chain(store: Store, name: str) -> tuple[images.ImageRecord, dict[str, ActionRecord]]:
     """An image of two steps: mkfs (seed -> image) and stage (image -> rootfs)."""
@@ -227,6 +249,30 @@ def test_an_imported_record_never_replaces_the_local_one(tmp_path):
     assert dst.get_record(mine["stage"].key).outputs == mine["stage"].outputs
     assert result["kept_local"] == [f"{mine['stage'].key[:12]} (stage)"]
     assert result["images"] == ["other"]
+
+
+def test_an_imported_image_never_replaces_the_local_one_of_that_name(tmp_path):
+    src, dst = Store(tmp_path / "src"), Store(tmp_path / "dst")
+    chain(src, "moved")
+    mine, _ = chain(dst, "moved")
+    archive = tmp_path / "moved.tar.zst"
+    export_image(src, "moved", archive)
+    result = import_file(dst, archive)
+    assert result["images_kept_local"] == ["moved"] and result["images"] == []
+    assert images.load(dst, "moved").artifacts == mine.artifacts
+
+
+def test_a_sparse_member_claiming_a_huge_size_is_refused(tmp_path):
+    """A GNU sparse member of no data that says it is 1 TiB: holes count against the cap too."""
+    head = b"1\n0\n0\n".ljust(512, b"\0")
+    info = member("blobs/blake3/GNUSparseFile.0/" + "3" * 64)
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": "blobs/blake3/" + "3" * 64, "GNU.sparse.realsize": str(1 << 40)}
+    archive = write_archive(tmp_path / "holes.tar.zst", [(info, head)])
+    store = Store(tmp_path / "cache")
+    with pytest.raises(cache_ops.CacheError, match="add up to more than 32.0 MiB"):
+        import_file(store, archive, max_bytes=1 << 20)
+    assert_nothing_imported(store)
 
 
 def test_a_forged_record_pointing_legitimate_inputs_at_another_rootfs_is_refused(tmp_path):
