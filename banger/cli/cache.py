@@ -84,6 +84,8 @@ def cache_export(file: Path, image: str = typer.Option(..., "--image", help="nam
         result = export_image(store(), image, file)
     except (CacheError, ImageError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write {exc.filename or file}: {exc.strerror or exc}")
     emit(result, as_json, [f"exported {image}: {result['artifacts']} artifacts, {result['records']} records -> {file}"])
 
 
