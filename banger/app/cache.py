@@ -1,20 +1,15 @@
-"""`banger cache ls|du|verify|gc|export|import`: whole-store operations."""
+"""`banger cache ls|du|verify|gc`: whole-store operations (export and import: cache_archive.py)."""
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import tarfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from banger.core import digest as dg
 from banger.core import images, pins
 from banger.core.fsutil import remove_tree
-from banger.core.store import TREE, ActionRecord, Store, action_key
+from banger.core.store import TREE, Store
 
 
 class CacheError(RuntimeError):
@@ -80,6 +75,32 @@ def verify_all(store: Store) -> tuple[list[str], list[str]]:
     return good, bad
 
 
+def verify_records(store: Store) -> list[str]:
+    """Check every record against what can be recomputed and against its outputs' provenance
+    (record_rules); a record that fails is removed, so the next build remakes its step. One line
+    per removed record. Of records claiming one disk image from different derivations, imported
+    ones go if a locally made one is among them, else all of them (which is right is unknowable)."""
+    from banger.app import record_rules
+
+    lines, kept = [], []
+    for record, _ in list(store.records()):
+        why = record_rules.problem(record)
+        if why is None:
+            kept.append(record)
+        else:
+            store.remove_record(record.key)
+            lines.append(f"record {record.key[:12]} ({record.step}) removed: {why}")
+    for digest, claimants in record_rules.conflicts(kept).items():
+        imported = [r for r in claimants if "imported" in r.info]
+        for record in imported if 0 < len(imported) < len(claimants) else claimants:
+            store.remove_record(record.key)
+            others = sorted({r.step for r in claimants if r is not record})
+            lines.append(f"record {record.key[:12]} ({record.step}{', imported' if record in imported else ''}) "
+                         f"removed: it claims {digest[:19]}…, which {'/'.join(others)} records derive "
+                         "from other inputs")
+    return lines
+
+
 def _drop_records_producing(store: Store, gone: set[str]) -> None:
     for record, _ in list(store.records()):
         if gone & set(record.outputs.values()):
@@ -125,110 +146,4 @@ def _sweep_staging(store: Store, older_than: float = 24 * 3600) -> None:
                 remove_tree(p) if p.is_dir() else p.unlink()
 
 
-# ---- export / import -------------------------------------------------------------------------
-def export_image(store: Store, name: str, out: Path) -> dict:
-    """Write one image's records and artifacts to a .tar.zst (zstd also squeezes sparse zeros)."""
-    import zstandard
-
-    image = images.load(store, name)
-    keys, digests = image_closure(store, image)
-    for d in digests:
-        if not store.verify(d):
-            raise CacheError(f"artifact {d} of image {name} is corrupt; rebuild it before exporting")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(raw) as zw, \
-            tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for d in sorted(digests):
-            arc = "trees/" if d.startswith(TREE) else "blobs/"
-            tar.add(store.path(d), arcname=arc + d.removeprefix(TREE).replace(":", "/"), recursive=True)
-        for key in sorted(keys):
-            record = store.get_record(key)
-            if record is not None:
-                _add_bytes(tar, f"actions/{key}.json", json.dumps(record.to_json()).encode())
-        _add_bytes(tar, f"images/{name}.json", images._path(store, name).read_bytes())
-    os.replace(tmp, out)
-    return {"image": name, "artifacts": len(digests), "records": len(keys), "file": str(out),
-            "bytes": out.stat().st_size}
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def import_file(store: Store, src: Path) -> dict:
-    """Read an export: every artifact is re-verified and every record key recomputed before use."""
-    import zstandard
-
-    imported, image_docs = 0, []
-    records: list[ActionRecord] = []
-    with store.staging("import-") as stage, open(src, "rb") as raw, \
-            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as zr, \
-            tarfile.open(fileobj=zr, mode="r|") as tar:
-        trees: dict[str, Path] = {}
-        for member in tar:
-            parts = member.name.split("/")
-            if ".." in parts or member.name.startswith("/"):
-                raise CacheError(f"{src}: unsafe member {member.name!r}; not a banger export")
-            if parts[0] == "blobs" and len(parts) == 3 and member.isfile():
-                expected = f"{parts[1]}:{parts[2]}"
-                dg.split(expected)
-                tmp = stage / f"blob-{parts[2]}"
-                with open(tmp, "wb") as f:
-                    shutil.copyfileobj(tar.extractfile(member), f, 1 << 20)
-                try:
-                    store.ingest_file(tmp, expected=expected)
-                except Exception as exc:
-                    raise CacheError(f"{src}: {exc}") from None
-                imported += 1
-            elif parts[0] == "trees" and len(parts) >= 3:
-                digest = f"{TREE}{parts[1]}:{parts[2]}"
-                root = trees.setdefault(digest, stage / f"tree-{parts[2]}")
-                rel = "/".join(parts[3:])
-                _extract_tree_member(tar, member, root, rel)
-            elif parts[0] == "actions" and member.isfile():
-                data = json.loads(tar.extractfile(member).read())
-                records.append(ActionRecord(**data))
-            elif parts[0] == "images" and member.isfile():
-                image_docs.append(json.loads(tar.extractfile(member).read()))
-            else:
-                raise CacheError(f"{src}: unexpected member {member.name!r}; not a banger export")
-        for digest, root in trees.items():
-            got = store.ingest_tree(root)
-            if got != digest:
-                store.remove(got)
-                raise CacheError(f"{src}: tree {digest} arrived as {got}; nothing was imported")
-            imported += 1
-    for record in records:
-        if action_key(record.step, record.step_version, record.inputs, record.params, record.tools) != record.key:
-            raise CacheError(f"{src}: record {record.key[:12]} does not match its inputs; refusing it")
-        if store.record_valid(record):
-            store.put_record(record)
-    for doc in image_docs:
-        images.save(store, images.ImageRecord(**doc))
-    return {"artifacts": imported, "records": len(records), "images": [d["name"] for d in image_docs]}
-
-
-def _extract_tree_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path, rel: str) -> None:
-    dest = root / rel if rel else root
-    for parent in list(dest.relative_to(root).parents)[:-1]:
-        if (root / parent).is_symlink():  # never write through a symlink the archive planted
-            raise CacheError(f"unsafe tree member {member.name!r} (goes through a symlink)")
-    if member.isdir():
-        dest.mkdir(parents=True, exist_ok=True)
-        os.chmod(dest, member.mode & 0o7777 | 0o700)
-    elif member.issym():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(member.linkname, dest)
-    elif member.islnk():
-        link_rel = member.linkname.split("/", 3)[3]
-        os.link(root / link_rel, dest)
-    elif member.isfile():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "wb") as f:
-            shutil.copyfileobj(tar.extractfile(member), f, 1 << 20)
-        os.chmod(dest, member.mode & 0o7777 | 0o600)
+# ---- export / import: see cache_archive.py -------------------------------------------------

@@ -39,13 +39,15 @@ def cache_du(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @cache_app.command("verify")
 def cache_verify(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Rehash every artifact; corrupt ones are removed so the next build remakes them."""
-    from banger.app.cache import verify_all
+    """Rehash every artifact and check every record against its outputs' provenance; what is
+    corrupt or inconsistent is removed so the next build remakes it."""
+    from banger.app.cache import verify_all, verify_records
 
     good, bad = verify_all(store())
-    emit({"ok": len(good), "corrupt": bad}, as_json,
-         [f"{len(good)} artifacts ok"] + [f"corrupt (removed): {d}" for d in bad])
-    if bad:
+    records = verify_records(store())
+    emit({"ok": len(good), "corrupt": bad, "records_removed": records}, as_json,
+         [f"{len(good)} artifacts ok"] + [f"corrupt (removed): {d}" for d in bad] + records)
+    if bad or records:
         raise typer.Exit(1)
 
 
@@ -74,20 +76,25 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size", help="e.
 def cache_export(file: Path, image: str = typer.Option(..., "--image", help="named image to export"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Write one image's artifacts and records to FILE (.tar.zst) for `cache import` elsewhere."""
-    from banger.app.cache import CacheError, export_image
+    from banger.app.cache import CacheError
+    from banger.app.cache_archive import export_image
     from banger.core.images import ImageError
 
     try:
         result = export_image(store(), image, file)
     except (CacheError, ImageError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write {exc.filename or file}: {exc.strerror or exc}")
     emit(result, as_json, [f"exported {image}: {result['artifacts']} artifacts, {result['records']} records -> {file}"])
 
 
 @cache_app.command("import")
 def cache_import(file: Path, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Load an export made by `cache export`; everything is re-verified before it is used."""
-    from banger.app.cache import CacheError, import_file
+    """Load an export made by `cache export`; everything is re-verified before it is used, and
+    local records and images are never replaced (BANGER_IMPORT_MAX_BYTES caps its size, 64G)."""
+    from banger.app.cache import CacheError
+    from banger.app.cache_archive import import_file
 
     if not file.is_file():
         fail(f"{file}: no such file; give the path of a `banger cache export` archive")
@@ -95,5 +102,9 @@ def cache_import(file: Path, as_json: bool = typer.Option(False, "--json")) -> N
         result = import_file(store(), file)
     except (CacheError, OSError, ValueError) as exc:
         fail(f"import of {file} failed: {exc}")
-    emit(result, as_json, [f"imported {result['artifacts']} artifacts, {result['records']} records, "
-                           f"images: {', '.join(result['images']) or '-'}"])
+    lines = [f"imported {result['artifacts']} artifacts, {result['records']} records, "
+             f"images: {', '.join(result['images']) or '-'}"]
+    lines += [f"kept the local record {k}: the archive's differs" for k in result["kept_local"]]
+    lines += [f"kept the local image {n}: the archive's differs" for n in result["images_kept_local"]]
+    lines += [f"refused record {r}" if not r.startswith("image ") else f"refused {r}" for r in result["refused"]]
+    emit(result, as_json, lines)

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from banger.app import cache as cache_ops
+from banger.app.cache_archive import export_image, import_file
 from banger.core import images
 from banger.core.store import ActionRecord, Store, action_key
 
@@ -84,9 +85,9 @@ def test_export_import_round_trip_reverifies(tmp_path):
     src = Store(tmp_path / "src")
     image = make_chain(src, "moved", 5000)
     archive = tmp_path / "moved.tar.zst"
-    cache_ops.export_image(src, "moved", archive)
+    export_image(src, "moved", archive)
     dst = Store(tmp_path / "dst")
-    result = cache_ops.import_file(dst, archive)
+    result = import_file(dst, archive)
     assert result["images"] == ["moved"]
     assert images.load(dst, "moved").artifacts == image.artifacts
     for s in image.steps:
@@ -103,7 +104,7 @@ def test_import_of_a_tampered_archive_caches_nothing(tmp_path):
     src = Store(tmp_path / "src")
     make_chain(src, "moved", 5000)
     archive = tmp_path / "moved.tar.zst"
-    cache_ops.export_image(src, "moved", archive)
+    export_image(src, "moved", archive)
     raw = zstandard.ZstdDecompressor().stream_reader(open(archive, "rb"), read_across_frames=True).read()
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(raw)) as tin, tarfile.open(fileobj=out, mode="w") as tout:
@@ -115,7 +116,7 @@ def test_import_of_a_tampered_archive_caches_nothing(tmp_path):
     archive.write_bytes(zstandard.ZstdCompressor().compress(out.getvalue()))
     dst = Store(tmp_path / "dst")
     with pytest.raises(cache_ops.CacheError, match="digest mismatch"):
-        cache_ops.import_file(dst, archive)
+        import_file(dst, archive)
     assert list(dst.artifacts()) == [] and list(dst.records()) == [] and images.all_images(dst) == []
 
 
