@@ -38,7 +38,7 @@ def mount_point(path: Path) -> Path:
 def disk_full(path: Path, doing: str) -> str:
     """One line: which filesystem is full, what could not be written, what to do."""
     try:
-        where, free = mount_point(path), _human(free_bytes(path))
+        where, free = mount_point(path), human(free_bytes(path))
     except OSError:
         where, free = Path(path), "no space"
     return (f"the disk is full: {where} has {free} free, too little for {doing}; free space on it "
@@ -52,7 +52,7 @@ def _existing(path: Path) -> Path:
     return p
 
 
-def _human(n: int) -> str:
+def human(n: int) -> str:
     for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if n >= factor:
             return f"{n / factor:.1f}{unit}"
