@@ -103,6 +103,10 @@ def store(tmp_path):
     return Store(tmp_path / "cache")
 
 
+def start_of(range_header: str) -> int:
+    return int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
+
+
 def bounded(fn, seconds: float = 20):
     """Run fn in a thread; fail (instead of hanging the suite) if it takes longer than `seconds`."""
     out: dict = {}
@@ -130,8 +134,7 @@ def test_a_trickling_registry_is_broken_off_and_resumed_with_range(store):
     finally:
         reg.stop()
     assert reg.ranges[0] is None and len(reg.ranges) == 2
-    resumed_at = int(reg.ranges[1].removeprefix("bytes=").rstrip("-"))
-    assert HEAD <= resumed_at < len(BLOB)  # the partial bytes were kept, not fetched again
+    assert HEAD <= start_of(reg.ranges[1]) < len(BLOB)  # the partial bytes were kept, not fetched again
     assert store.verify(DIGEST, full=True)
     assert not partial_path(store, DIGEST).exists()
 
@@ -143,7 +146,8 @@ def test_a_stalled_registry_is_resumed_from_the_partial_length(store):
         assert bounded(lambda: c.fetch_blob(store, DESC)) == DIGEST
     finally:
         reg.stop()
-    assert reg.ranges == [None, f"bytes={HEAD}-"]
+    assert reg.ranges[0] is None and len(reg.ranges) == 2
+    assert 0 < start_of(reg.ranges[1]) <= HEAD  # all HEAD bytes, unless the machine is very slow
     assert store.verify(DIGEST, full=True)
 
 
@@ -155,19 +159,20 @@ def test_a_registry_that_keeps_stalling_fails_with_one_line_and_the_next_run_res
         c = RegistryClient(reg.host, "test/slow", retry=FAST)
         with pytest.raises(BuildError) as exc:
             bounded(lambda: c.fetch_blob(store, DESC))
+        kept = partial_path(store, DIGEST).stat().st_size
         msg = str(exc.value)
         assert "\n" not in msg
         assert msg.startswith(f"download of {DIGEST} from {reg.host}/test/slow stalled 3 times "
-                              f"(no data for 0.5 s at {3 * HEAD} of {len(BLOB)} bytes)")
+                              f"(no data for 0.5 s at {kept} of {len(BLOB)} bytes)")
         assert msg.endswith("; run the build again to resume it (on a slow link, raise BANGER_BLOB_STALL_SECONDS)")
-        # each stalled response sent HEAD more bytes, and each retry resumed after them
-        assert reg.ranges == [None, f"bytes={HEAD}-", f"bytes={2 * HEAD}-"]
-        assert partial_path(store, DIGEST).stat().st_size == 3 * HEAD
+        # each stalled response sent up to HEAD more bytes, and each retry resumed after them
+        assert reg.ranges[0] is None and len(reg.ranges) == 3
+        assert 0 < start_of(reg.ranges[1]) < start_of(reg.ranges[2]) < kept <= 3 * HEAD
         assert not store.path(DIGEST).exists()
         assert bounded(lambda: c.fetch_blob(store, DESC)) == DIGEST  # the plan ran out: "ok"
     finally:
         reg.stop()
-    assert reg.ranges[-1] == f"bytes={3 * HEAD}-"
+    assert reg.ranges[-1] == f"bytes={kept}-"  # the next run resumed where this one stopped
     assert store.verify(DIGEST, full=True)
 
 
