@@ -35,13 +35,15 @@ def mount_point(path: Path) -> Path:
     return p
 
 
-def disk_full(path: Path, doing: str) -> str:
-    """One line: which filesystem is full, what could not be written, what to do."""
+def disk_full(path: Path, doing: str, show_free: bool = True) -> str:
+    """One line: which filesystem is full, what could not be written, what to do. `show_free`:
+    say how much is free (only right while what filled it is still there)."""
     try:
-        where, free = mount_point(path), human(free_bytes(path))
+        where = mount_point(path)
+        short = f"has {human(free_bytes(path))} free, too little" if show_free else "ran out of space"
     except OSError:
-        where, free = Path(path), "no space"
-    return (f"the disk is full: {where} has {free} free, too little for {doing}; free space on it "
+        where, short = Path(path), "ran out of space"
+    return (f"the disk is full: {where} {short} for {doing}; free space on it "
             f"(`banger cache gc` frees banger's cache) and run again")
 
 

@@ -212,7 +212,7 @@ def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun]
 
 def _disk_full(exc: OSError, build: Build) -> str:
     target = exc.filename or build.store.root
-    return disk_full(Path(target), f"what it writes in {target}")
+    return disk_full(Path(target), f"what it writes in {target}", show_free=False)  # its staging is gone
 
 
 def tree_inputs(inputs: dict) -> list[str]:
