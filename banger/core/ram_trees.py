@@ -42,9 +42,9 @@ class RamTrees:
         return temp_dir(self.root / "staging", f"tree-{os.getpid()}-")
 
     def room(self) -> int:
-        """Bytes a tree may still take here: what is free, less a quarter of the tmpfs."""
+        """Bytes a tree may still take here: what is free, less a quarter of the tmpfs (< 0: none)."""
         fs = os.statvfs(self.root)
-        return max(0, (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize)
+        return (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize
 
     def _private(self) -> bool:
         """Make the dirs (0700); False if they are not ours alone (or not dirs, or symlinks)."""

@@ -193,7 +193,7 @@ class LayerApplier:
         return member.size
 
     def _no_room(self, member: Member) -> None:
-        room = self.tree.room or 0
+        room = max(self.tree.room or 0, 0)
         try:
             where = diskspace.mount_point(self.tree.path)
         except OSError:

@@ -90,3 +90,22 @@ def test_a_bomb_layer_stops_the_flatten_step_before_it_fills_ram(tmp_path):
         assert list(store.records()) == []
         assert list((store.root / "staging").iterdir()) == []
         assert list((ram / "staging").iterdir()) == [] and list((ram / "trees").iterdir()) == []
+
+
+def test_a_ram_dir_without_room_sends_the_tree_to_disk(tmp_path):
+    """Less free than the quarter kept free: the tree is made in the cache, whatever its size."""
+    with small_tmpfs(tmp_path / "ram", "8m") as ram:
+        (ram / "filler").write_bytes(bytes(7 * MiB))
+        store = Store(tmp_path / "cache", volatile=ram)
+        path, mt, diff_id = zeros_layer(tmp_path, {"etc/hostname": 6, "zeros": 2 * MiB})
+        desc = {"mediaType": mt, "digest": store.ingest_file(path, "sha256"), "size": 0}  # no size: no estimate
+        build = Build(store, log=lambda msg: None)
+        build.context["image"] = SimpleNamespace(layers=[desc], diff_ids=[diff_id])
+
+        def task_gen():
+            yield {"basename": "fetch", "actions": None}
+            yield from flatten.tasks(build, None)
+            yield {"basename": "build", "actions": None, "task_dep": ["flatten"]}
+        assert doit_runner.run(build, task_gen, tmp_path / "doit.db") == 0, build.error
+        tree = store.path(build.output("flatten", "tree"))
+        assert tree.is_relative_to(store.root) and (tree / "zeros").stat().st_size == 2 * MiB
