@@ -1,10 +1,10 @@
 """Resumable, verified blob downloads into the store.
 
 The bytes go to `<store>/staging/partial-<hex>`, a path stable across runs, so a download that
-broke off (connection reset, kill -9, a stall: see BlobTimeouts) continues with an HTTP Range request. Only a file whose
-sha256 matches the digest is moved into the store; a mismatch deletes the partial file. A
-resumed download that fails verification is retried once from zero, since the kept prefix may
-have been the bad part.
+broke off (connection reset, kill -9, a stall or a crawl: see BlobTimeouts) continues with an HTTP
+Range request. Only a file whose sha256 matches the digest is moved into the store; a mismatch
+deletes the partial file. A resumed download that fails verification is retried once from zero,
+since the kept prefix may have been the bad part.
 """
 from __future__ import annotations
 
@@ -201,8 +201,8 @@ def _receive(resp: requests.Response, f: "_HashingFile", partial: Path, done: in
                              f"nothing was cached")
         if progress:
             progress(done, total)
-        elapsed = time.monotonic() - start
-        if elapsed > timeouts.deadline((total or done) - offset) and not (total and done >= total):  # size unknown: a rate since the start
+        elapsed = time.monotonic() - start  # size unknown (total 0): the deadline grows with what came
+        if elapsed > timeouts.deadline((total or done) - offset) and not (total and done >= total):
             raise Interrupted(f"slower than {timeouts.min_rate:g} bytes/s: {done}{of} bytes after {elapsed:.1f} s",
                               MIN_RATE_ENV)
 
