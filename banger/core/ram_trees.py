@@ -37,10 +37,14 @@ class RamTrees:
         with a quarter of the tmpfs left free (RAM is shared with everything else)."""
         if not self._private():
             return None
-        fs = os.statvfs(self.root)
-        if (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize < expected_bytes:
+        if self.room() < expected_bytes:
             return None
         return temp_dir(self.root / "staging", f"tree-{os.getpid()}-")
+
+    def room(self) -> int:
+        """Bytes a tree may still take here: what is free, less a quarter of the tmpfs (< 0: none)."""
+        fs = os.statvfs(self.root)
+        return (fs.f_bavail - fs.f_blocks // 4) * fs.f_frsize
 
     def _private(self) -> bool:
         """Make the dirs (0700); False if they are not ours alone (or not dirs, or symlinks)."""

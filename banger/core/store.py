@@ -121,6 +121,10 @@ class Store:
         """Staging for a new tree: in RAM when there is room for it, else in the cache."""
         return (self.ram and self.ram.staging(expected_bytes)) or self.staging("tree-")
 
+    def tree_room(self, stage: Path) -> int | None:
+        """How many bytes a tree staged in `stage` may take (None: no limit, it is on disk)."""
+        return self.ram.room() if self.ram and stage.is_relative_to(self.ram.root) else None
+
     def evict_volatile_trees(self, keep: Iterable[str] = ()) -> list[str]:
         return self.ram.evict(keep, self.remove) if self.ram else []
 

@@ -13,6 +13,9 @@ class SpecError(ValueError):
     pass
 
 
+MAX_SIZE = 16 << 40  # the largest file ext4 (the usual home of the cache) holds with 4 KiB blocks
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     image: str
@@ -26,10 +29,14 @@ class BuildSpec:
 
 
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
+    m = re.fullmatch(r"([0-9]+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE | re.ASCII)
     if not m:
         raise SpecError(f"size={text!r} is not a size; use e.g. size=2G or size=512M")
-    size = int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    digits = m.group(1).lstrip("0") or "0"
+    size = int(digits) * 1024 ** " KMGT".index((m.group(2) or " ").upper()) if len(digits) <= 20 else MAX_SIZE + 1
+    if size > MAX_SIZE:
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        raise SpecError(f"size={shown!r} is larger than banger supports; the largest is size={MAX_SIZE >> 40}T")
     if size == 0:
         raise SpecError(f"size={text!r} is empty; give the disk size, e.g. size=2G, or leave size= out "
                         "for a content-aware size")

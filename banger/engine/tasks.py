@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from banger.core.diskspace import disk_full, is_enospc
 from banger.core.errors import BuildError
 from banger.core.progress import activity
 from banger.core.store import TREE, ActionRecord, Store, action_key
@@ -198,7 +199,7 @@ def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun]
             build.error = str(exc)
             return TaskFailed(build.error)
         except (OSError, ValueError, RuntimeError) as exc:  # the user gets one line, not a traceback
-            build.error = f"step {full} failed: {exc}"
+            build.error = f"step {full} failed: {_disk_full(exc, build) if is_enospc(exc) else exc}"
             return TaskFailed(build.error)
         return None
 
@@ -207,6 +208,11 @@ def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun]
     if subtask:
         task["name"] = subtask
     return task
+
+
+def _disk_full(exc: OSError, build: Build) -> str:
+    target = exc.filename or build.store.root
+    return disk_full(Path(target), f"what it writes in {target}", show_free=False)  # its staging is gone
 
 
 def tree_inputs(inputs: dict) -> list[str]:

@@ -1,16 +1,20 @@
 """Resumable, verified blob downloads into the store.
 
 The bytes go to `<store>/staging/partial-<hex>`, a path stable across runs, so a download that
-broke off (connection reset, kill -9) continues with an HTTP Range request. Only a file whose
-sha256 matches the digest is moved into the store; a mismatch deletes the partial file. A
-resumed download that fails verification is retried once from zero, since the kept prefix may
-have been the bad part.
+broke off (connection reset, kill -9, a stall or a crawl: see BlobTimeouts) continues with an HTTP
+Range request. Only a file whose sha256 matches the digest is moved into the store; a mismatch
+deletes the partial file. A resumed download that fails verification is retried once from zero,
+since the kept prefix may have been the bad part.
 """
 from __future__ import annotations
 
+import math
+import os
 import queue
 import re
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +29,47 @@ CHUNK = 1 << 20
 OpenRange = Callable[[int], requests.Response]  # offset -> response (200, 206 or 416)
 
 
+STALL_ENV = "BANGER_BLOB_STALL_SECONDS"
+MIN_RATE_ENV = "BANGER_BLOB_MIN_RATE"
+
+
 class Interrupted(Exception):
     """The transfer broke off; the partial file is kept so the next attempt resumes it."""
+
+    def __init__(self, reason: str, stalled: str | None = None):
+        super().__init__(reason)
+        self.stalled = stalled  # the setting that broke a stalled or crawling transfer off
+
+
+@dataclass(frozen=True)
+class BlobTimeouts:
+    """When a blob transfer is broken off (to be resumed from its partial bytes): after `stall`
+    seconds without a byte, or when an attempt takes longer than `stall` plus its bytes at
+    `min_rate` bytes/s, so a server trickling a byte now and then cannot hold a build forever."""
+    stall: float = 60.0
+    min_rate: float = 16 << 10
+
+    def deadline(self, remaining: int) -> float:
+        """Seconds an attempt to fetch `remaining` bytes may take."""
+        return self.stall + remaining / self.min_rate
+
+    @classmethod
+    def from_env(cls) -> "BlobTimeouts":
+        default = cls()
+        return cls(stall=_positive(STALL_ENV, default.stall), min_rate=_positive(MIN_RATE_ENV, default.min_rate))
+
+
+def _positive(name: str, default: float) -> float:
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text) if text.isascii() else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise BuildError(f"{name}={text!r} is not a positive number; set it to e.g. {default:g} or unset it")
+    return value
 
 
 def partial_path(store: Store, digest: str) -> Path:
@@ -34,7 +77,8 @@ def partial_path(store: Store, digest: str) -> Path:
 
 
 def download_blob(store: Store, desc: dict, open_range: OpenRange, where: str,
-                  progress: Callable[[int, int], None] | None = None) -> str:
+                  progress: Callable[[int, int], None] | None = None,
+                  timeouts: BlobTimeouts = BlobTimeouts()) -> str:
     digest = desc["digest"]
     if store.verify(digest):
         return digest
@@ -46,7 +90,7 @@ def download_blob(store: Store, desc: dict, open_range: OpenRange, where: str,
             if from_zero:
                 partial.unlink(missing_ok=True)
             resumed = partial.exists() and partial.stat().st_size > 0
-            hashed = _transfer(partial, desc, open_range, where, progress)
+            hashed = _transfer(partial, desc, open_range, where, progress, timeouts)
             try:  # the sha256 was taken while the bytes were written; else one pass now
                 return store.ingest_file(partial, expected=digest, hashed=hashed)
             except StoreError:
@@ -60,7 +104,7 @@ def download_blob(store: Store, desc: dict, open_range: OpenRange, where: str,
 
 
 def _transfer(partial: Path, desc: dict, open_range: OpenRange, where: str,
-              progress: Callable[[int, int], None] | None) -> str | None:
+              progress: Callable[[int, int], None] | None, timeouts: BlobTimeouts) -> str | None:
     """Bring the partial file up to the blob's end (its declared size, or the end of the response);
     returns the sha256 of the whole file when it was taken on the way (None: not taken)."""
     size: int | None = desc.get("size")
@@ -88,7 +132,7 @@ def _transfer(partial: Path, desc: dict, open_range: OpenRange, where: str,
         if progress:
             progress(done, total)
         with _HashingFile(partial, mode) as f:
-            done = _receive(resp, f, partial, done, size, total, where, desc["digest"], progress)
+            done = _receive(resp, f, partial, done, size, total, where, desc["digest"], progress, timeouts)
     if size is not None and done < size:
         raise Interrupted(f"the connection closed after {done} of {size} bytes")
     return f.digest
@@ -134,14 +178,19 @@ class _HashingFile:
 
 def _receive(resp: requests.Response, f: "_HashingFile", partial: Path, done: int,
              size: int | None, total: int, where: str, digest: str,
-             progress: Callable[[int, int], None] | None) -> int:
-    stream = resp.raw.stream(CHUNK, decode_content=False)
+             progress: Callable[[int, int], None] | None, timeouts: BlobTimeouts) -> int:
+    """Copy the response body to f. read1 returns whatever has arrived, so the deadline is
+    checked on every trickle; the socket's read timeout (the stall timeout) bounds each wait."""
+    start, offset = time.monotonic(), done
+    of = f" of {total}" if total else ""
     while True:
         try:
-            chunk = next(stream, None)
-        except (urllib3.exceptions.HTTPError, requests.RequestException, ConnectionError, TimeoutError) as exc:
+            chunk = resp.raw.read1(CHUNK, decode_content=False)
+        except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout, TimeoutError):
+            raise Interrupted(f"no data for {timeouts.stall:g} s at {done}{of} bytes", STALL_ENV) from None
+        except (urllib3.exceptions.HTTPError, requests.RequestException, ConnectionError) as exc:
             raise Interrupted(_reason(exc)) from None
-        if chunk is None:
+        if not chunk:
             return done
         f.write(chunk)
         done += len(chunk)
@@ -152,6 +201,10 @@ def _receive(resp: requests.Response, f: "_HashingFile", partial: Path, done: in
                              f"nothing was cached")
         if progress:
             progress(done, total)
+        elapsed = time.monotonic() - start  # size unknown (total 0): the deadline grows with what came
+        if elapsed > timeouts.deadline((total or done) - offset) and not (total and done >= total):
+            raise Interrupted(f"slower than {timeouts.min_rate:g} bytes/s: {done}{of} bytes after {elapsed:.1f} s",
+                              MIN_RATE_ENV)
 
 
 def _range_start(content_range: str) -> int | None:

@@ -19,7 +19,7 @@ import urllib3
 
 from banger.core import digest as dg
 from banger.oci import registry_auth as auth
-from banger.oci.blob_download import download_blob, Interrupted
+from banger.oci.blob_download import STALL_ENV, BlobTimeouts, download_blob, Interrupted
 from banger.core.errors import BuildError
 from banger.oci.manifest import ACCEPTED, MAX_MANIFEST_BYTES
 from banger.oci.reference import Reference
@@ -36,7 +36,8 @@ Progress = Callable[[int, int], None]
 class RegistryClient:
     def __init__(self, registry: str, repository: str, *, insecure: Iterable[str] = (),
                  retry: RetryPolicy = RetryPolicy(), timeout: tuple[float, float] = (10, 60),
-                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep):
+                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                 blob_timeouts: BlobTimeouts | None = None):
         self.registry = registry
         self.repository = repository
         self.insecure = tuple(insecure)
@@ -46,6 +47,7 @@ class RegistryClient:
         self.session = session or requests.Session()
         self.session.headers.update({"User-Agent": "banger", "Accept-Encoding": "identity"})
         self.sleep = sleep
+        self.blob_timeouts = blob_timeouts or BlobTimeouts.from_env()
         self._auth: str | None = None
         self._ready = False
         self._creds: auth.Credentials | None | bool = False  # False = not looked up yet
@@ -65,13 +67,14 @@ class RegistryClient:
         raise BuildError(f"{self.registry} sent banger to {url[:100]}, which is not HTTPS; "
                          f"add the host to insecure_registries in banger's config if that is intended")
 
-    def _send(self, method: str, url: str, headers: dict, stream: bool) -> requests.Response:
+    def _send(self, method: str, url: str, headers: dict, stream: bool,
+              timeout: tuple[float, float] | None = None) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             self._check_scheme(url)
             sent = dict(headers)
             if self._auth and origin(url) == origin(self.base):
                 sent["Authorization"] = self._auth
-            resp = self.session.request(method, url, headers=sent, stream=stream, timeout=self.timeout,
+            resp = self.session.request(method, url, headers=sent, stream=stream, timeout=timeout or self.timeout,
                                         allow_redirects=False, auth=no_auth)
             if resp.status_code in REDIRECTS and resp.headers.get("Location"):
                 resp.close()
@@ -172,13 +175,14 @@ class RegistryClient:
         return token
 
     # ---- API ---------------------------------------------------------------------------------
-    def request(self, method: str, path: str, headers: dict | None = None, stream: bool = False) -> requests.Response:
+    def request(self, method: str, path: str, headers: dict | None = None, stream: bool = False,
+                timeout: tuple[float, float] | None = None) -> requests.Response:
         """A request under /v2/<repository>/, authenticated, retried, re-authenticated once on 401."""
         self._ensure_ready()
         url = f"{self.base}/v2/{self.repository}/{path}"
         reauthenticated = False
         while True:
-            resp = self.with_retries(lambda: self._send(method, url, headers or {}, stream), f"{method} {path}")
+            resp = self.with_retries(lambda: self._send(method, url, headers or {}, stream, timeout), f"{method} {path}")
             if resp.status_code == 401 and not reauthenticated:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
@@ -260,7 +264,8 @@ class RegistryClient:
         """Stream a blob into the store (sha256-verified), resuming a partial download with Range."""
         def open_range(offset: int) -> requests.Response:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
-            resp = self.request("GET", f"blobs/{desc['digest']}", headers, stream=True)
+            resp = self.request("GET", f"blobs/{desc['digest']}", headers, stream=True,
+                                timeout=(self.timeout[0], self.blob_timeouts.stall))
             if resp.status_code != 416:
                 try:
                     self.raise_for_status(resp, f"blob {desc['digest']}")
@@ -273,8 +278,12 @@ class RegistryClient:
         attempts = max(1, self.retry.attempts)
         for attempt in range(attempts):
             try:
-                return download_blob(store, desc, open_range, where, progress)
+                return download_blob(store, desc, open_range, where, progress, self.blob_timeouts)
             except Interrupted as exc:
+                if attempt == attempts - 1 and exc.stalled:
+                    change = "raise" if exc.stalled == STALL_ENV else "lower"
+                    raise BuildError(f"download of {desc['digest']} from {where} stalled {attempts} times ({exc}); "
+                                     f"run the build again to resume it (on a slow link, {change} {exc.stalled})") from None
                 if attempt == attempts - 1:
                     raise BuildError(f"download of {desc['digest']} from {where} kept breaking off ({exc}); "
                                      f"run the build again to resume it") from None

@@ -22,6 +22,7 @@ DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 DISK_DIR_MODE = 0o755
 FD_CACHE = 64
+PAGE = 4096  # a file's data takes whole pages of a tmpfs
 
 
 @dataclass(slots=True)
@@ -54,8 +55,11 @@ def disk_file_mode(mode: int) -> int:
 
 
 class Tree:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, room: int | None = None):
         os.mkdir(root, DISK_DIR_MODE)
+        self.path = root
+        self.room = room  # bytes the files' data may take (None: no limit)
+        self.used = 0  # data of every file created so far (what was removed since is not taken off)
         self.root = Node("dir", Meta(0o755), "", None, 0, 0, {})
         self._root_fd = os.open(root, DIR_OPEN)
         self._fds: OrderedDict[Node, int] = OrderedDict()
@@ -120,6 +124,14 @@ class Tree:
     def mkdir(self, parent: Node, name: str, meta: Meta, layer: int) -> Node:
         os.mkdir(name, DISK_DIR_MODE, dir_fd=self.fd(parent))
         return self._attach(parent, Node("dir", meta, name, parent, layer, layer, {}))
+
+    def claim(self, size: int) -> bool:
+        """Count a new file's `size` bytes against the room before it is written; False if they do not fit."""
+        need = -(-size // PAGE) * PAGE
+        if self.room is not None and self.used + need > self.room:
+            return False
+        self.used += need
+        return True
 
     def create_file(self, parent: Node, name: str, meta: Meta, layer: int) -> tuple[Node, int]:
         """A new empty regular file; the caller writes its data to the returned fd and closes it."""

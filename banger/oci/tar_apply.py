@@ -14,6 +14,7 @@ import os
 
 from blake3 import blake3
 
+from banger.core import diskspace
 from banger.core.errors import BuildError
 from banger.oci.layer_reader import LayerStream
 from banger.oci.rootfs_tree import Meta, Node, Tree, is_below
@@ -27,6 +28,10 @@ MAX_DEPTH = 256  # far deeper than real images; keeps the recursive removals wit
 
 class LayerContentError(BuildError):
     """A tar member is malformed or hostile; the message names the member and the layer."""
+
+
+class NoRoomError(BuildError):
+    """The layers unpack to more than the tree may take (a decompression bomb, or RAM too small)."""
 
 
 def components(name: str, label: str, what: str = "member") -> list[str]:
@@ -171,6 +176,8 @@ class LayerApplier:
             self._replace(existing)
             self.tree.special(parent, base, kind, meta, self.layer, member.devmajor, member.devminor)
             return 0
+        if not self.tree.claim(member.size):
+            self._no_room(member)
         self._replace(existing)
         _, fd = self.tree.create_file(parent, base, meta, self.layer)
         content = blake3()
@@ -184,6 +191,16 @@ class LayerApplier:
         self.files += 1
         self.bytes += member.size
         return member.size
+
+    def _no_room(self, member: Member) -> None:
+        room = max(self.tree.room or 0, 0)
+        try:
+            where = diskspace.mount_point(self.tree.path)
+        except OSError:
+            where = self.tree.path
+        raise NoRoomError(f"{self.label} unpacks to more than the {diskspace.human(room)} free for the flattened tree on "
+                          f"{where} (stopped at {member.name!r}, {diskspace.human(member.size)}); if the image really "
+                          "is that big, flatten it on disk with BANGER_TREES_DIR=cache")
 
     def _replace(self, existing: Node | None) -> None:
         if existing is not None:

@@ -28,6 +28,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from banger.core import digest as dg
+from banger.core import diskspace
 from banger.rootfs import e2fs
 from banger.rootfs.e2fs import BLOCK, E2fsError, quote
 from banger.engine.tasks import Build, StepRun, step_task
@@ -180,8 +181,18 @@ def too_small(chosen: int, minimum: int, suggested: int) -> BuildError:
                       f"use size={human(suggested)} or leave size= out for a content-aware size")
 
 
-def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
-    """Build `out` from `tree`; `size` in bytes (None = content-aware). Returns facts for the record."""
+def host_full(out: Path, size: int, where: Path | None, detail: str = "") -> BuildError | None:
+    """The error for a failure that came from the disk holding `out` running full (not from the
+    image being too small, which e2fsprogs reports as "Could not allocate ..."), else None."""
+    if "No space left on device" not in detail and not diskspace.is_full(out.parent):
+        return None
+    return BuildError(diskspace.disk_full(where or out.parent,
+                                          f"the {human(size)} ext4 image in {where or out.parent}"))
+
+
+def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str, where: Path | None = None) -> dict:
+    """Build `out` from `tree`; `size` in bytes (None = content-aware). Returns facts for the record.
+    `where`: the directory a disk-full error names (banger's cache; default: out's directory)."""
     times: dict[str, float] = {}
     t0 = time.monotonic()
     plan = scan(tree)
@@ -197,7 +208,9 @@ def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
         with tempfile.TemporaryDirectory(prefix="mke2fs-", dir=out.parent) as conf_dir:
             try:
                 mke2fs(out, chosen, inodes, seed_key, Path(conf_dir))
-            except BuildError:
+            except BuildError as exc:
+                if full := host_full(out, chosen, where, str(exc)):
+                    raise full from None
                 if chosen >= need:
                     raise
                 raise too_small(chosen, need, round_up(need * 5 // 4, SIZE_STEP)) from None  # not mke2fs's words
@@ -219,7 +232,9 @@ def build_ext4(tree: Path, size: int | None, out: Path, seed_key: str) -> dict:
         e2fs.fsck(out)
         times["e2fsck"] = time.monotonic() - t
     except E2fsError as exc:
-        if "No space left" in str(exc) or "Could not allocate" in str(exc):
+        if full := host_full(out, chosen, where, str(exc)):
+            raise full from None
+        if "Could not allocate" in str(exc):
             raise too_small(chosen, need, round_up(need * 5 // 4, SIZE_STEP)) from None
         raise BuildError(str(exc)) from None
     return {"size": chosen, "paths": plan.entries + 1, "estimated_need": need,
@@ -315,7 +330,7 @@ def work(run: StepRun) -> dict[str, str]:
     """Build the ext4 image from the flattened tree"""
     out = run.stage / "rootfs.ext4"
     run.info.update(build_ext4(run.path(run.inputs["tree"]), run.params["size"], out,
-                               seed_of(run.inputs, run.params)))
+                               seed_of(run.inputs, run.params), where=run.store.root))
     return {"image": run.store.ingest_file(out)}
 
 

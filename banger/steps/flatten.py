@@ -45,12 +45,14 @@ def chain_id(diff_ids: Sequence[str]) -> str:
     return chain
 
 
-def flatten_layers(layers: Sequence[tuple[Path, str, str]], tree_dir: Path, meta_path: Path) -> FlattenStats:
+def flatten_layers(layers: Sequence[tuple[Path, str, str]], tree_dir: Path, meta_path: Path,
+                   room: int | None = None) -> FlattenStats:
     """Apply `layers` = [(blob path, media type, diff_id), ...] into the new directory `tree_dir`
-    and write the fsmeta file `meta_path`. Raises BuildError (one line) on bad or hostile input;
-    the caller discards `tree_dir` then."""
+    and write the fsmeta file `meta_path`. Raises BuildError (one line) on bad or hostile input,
+    or when the files would take more than `room` bytes (None: no limit); the caller discards
+    `tree_dir` then."""
     start = time.monotonic()
-    tree = Tree(tree_dir)
+    tree = Tree(tree_dir, room)
     files = data = 0
     try:
         for number, (path, media_type, diff_id) in enumerate(layers, 1):
@@ -94,7 +96,7 @@ def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
         compressed = sum(int(desc.get("size", 0)) for desc in img.layers)
         with run.store.tree_staging(compressed * EXPANSION) as tree_stage:
             tree_dir, meta_path = tree_stage / "rootfs", run.stage / "fsmeta.jsonl"
-            stats = flatten_layers(blobs, tree_dir, meta_path)
+            stats = flatten_layers(blobs, tree_dir, meta_path, run.store.tree_room(tree_stage))
             run.info.update(layers=stats.layers, files=stats.files, bytes=stats.bytes, paths=stats.paths,
                             flatten_seconds=stats.seconds)
             return {"tree": run.store.ingest_tree(tree_dir, stats.content), "meta": run.store.ingest_file(meta_path)}

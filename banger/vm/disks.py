@@ -12,18 +12,24 @@ import re
 from pathlib import Path
 
 from banger.core import fsutil
+from banger.engine.spec import MAX_SIZE
 from banger.hypervisor import qemu_img
 from banger.vm.records import VMStateError
 
-SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.I)
+SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGT]?)(i?B)?\s*$", re.I | re.ASCII)
 
 
 def parse_size(text: str, what: str, example: str) -> int:
-    """"2G", "512M", "1024K" or plain bytes -> bytes."""
+    """"2G", "512M", "1024K" or plain bytes -> bytes (at most MAX_SIZE)."""
     m = SIZE_RE.match(str(text))
-    if not m or int(m.group(1)) == 0:
+    digits = m.group(1).lstrip("0") if m else ""
+    if not digits:
         raise VMStateError(f"{what} {text!r} is not a size; use e.g. {example}")
-    return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    size = int(digits) * 1024 ** " KMGT".index((m.group(2) or " ").upper()) if len(digits) <= 20 else MAX_SIZE + 1
+    if size > MAX_SIZE:
+        shown = str(text) if len(str(text)) <= 24 else str(text)[:20] + "..."
+        raise VMStateError(f"{what} {shown!r} is larger than banger supports; the largest is {what} {MAX_SIZE >> 40}T")
+    return size
 
 
 def disk_name(backend: str) -> str:
