@@ -41,7 +41,6 @@ REQUIRED = [  # (command, what needs it, Debian package)
 ]
 
 OPTIONAL = [
-    ("zstd", "banger vm create restoring a VM from its image's snapshot (else VMs boot cold)", "zstd"),
     ("debootstrap", "banger demo (its Debian image, first run as root) and the tests' Debian image",
      "debootstrap"),
     ("skopeo", "banger demo (pushes its image to the local registry) and the registry tests", "skopeo"),
@@ -49,6 +48,7 @@ OPTIONAL = [
     ("nft", "banger vm create --net bridge (outbound NAT)", "nftables"),
     ("umoci", "tests that unpack OCI layouts to compare with banger's trees", "umoci"),
     ("busybox", "tests that run the guest scripts under busybox sh", "busybox-static"),
+    ("zstd", "banger vm create restoring a VM from its image's snapshot (else VMs boot cold)", "zstd"),
 ]
 
 

@@ -10,7 +10,7 @@ from tests.support_tools import need
 
 REQUIRED = [cmd for cmd, _, _ in doctor.REQUIRED]
 OPTIONAL_PACKAGES = {"debootstrap": "debootstrap", "skopeo": "skopeo", "umoci": "umoci",
-                     "docker-registry": "docker-registry", "busybox": "busybox-static"}
+                     "docker-registry": "docker-registry", "busybox": "busybox-static", "zstd": "zstd"}
 
 
 def path_with(tmp_path, tools) -> str:
@@ -38,7 +38,7 @@ def test_optional_missing_reads_differently_from_required_missing(tmp_path, monk
     assert "  MISSING  qemu-system-x86_64   missing: needed to boot VMs" in "\n".join(text)
     assert "  absent   skopeo               not installed" in text
     assert text[-1].startswith("1 required tool(s) MISSING: qemu-system-x86_64; optional, not available: "
-                               "debootstrap, skopeo, docker-registry, nft, umoci, busybox, firecracker")
+                               "debootstrap, skopeo, docker-registry, nft, umoci, busybox, zstd, firecracker")
     assert not doctor.healthy(rows)
 
 
