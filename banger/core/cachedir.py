@@ -3,7 +3,8 @@ directory given as --cache-dir must never become one by accident.
 
 A cache holds the marker file MARKER. banger writes it when it makes a cache in a new or empty
 directory, and when it finds a cache an earlier banger made (blobs/, actions/ and stamps/, which
-every version has made, but no marker). Anything else that is not empty is refused.
+every version has made, but no marker), and in $XDG_CACHE_HOME/banger, banger's by its name.
+Anything else that is not empty is refused.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import os
 import stat
 from pathlib import Path
 
+from banger.core import config
 from banger.core.config import CACHE_ENV
 
 MARKER = ".banger-cache"
 LAYOUT = ("blobs", "actions", "stamps")  # what every earlier banger made first in a cache
-NOTE = b"A banger cache: banger may delete anything in this directory (banger cache gc).\n"
+NOTE = b"This directory is a banger cache: `banger cache gc` deletes in it.\n"
 
 
 class NotACacheError(Exception):
@@ -40,7 +42,7 @@ def check(root: Path) -> str:
         return "marked"
     if not os.listdir(root):
         return "new"
-    if all(_is(root / name, stat.S_ISDIR) for name in LAYOUT):
+    if all(_is(root / name, stat.S_ISDIR) for name in LAYOUT) or root == config.default_cache():
         return "legacy"
     raise NotACacheError(f"{root} is not a banger cache (it holds other files and no {MARKER}); "
                          f"point --cache-dir (or {CACHE_ENV}) at a new or empty directory")

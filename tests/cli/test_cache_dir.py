@@ -80,3 +80,19 @@ def test_a_cache_made_before_the_marker_is_adopted(tmp_path):
     assert out.returncode == 0, out.stderr
     assert [row["digest"] for row in json.loads(out.stdout)] == [digest]
     assert (old / MARKER).is_file()
+
+
+def test_the_checkouts_own_cache_dir_is_a_cache():
+    """dodo.py builds into the checkout's cache/ (README.md, test fixtures): it ships its marker."""
+    from banger.core.cachedir import check
+
+    assert check(REPO / "cache") == "marked"
+
+
+def test_the_default_cache_dir_is_banger_s_own_whatever_it_holds(tmp_path):
+    default = tmp_path / "xdg" / "banger"
+    (default / "demo").mkdir(parents=True)  # e.g. a first `banger demo` that failed before building
+    out = banger("cache", "du", env={"BANGER_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+                                     "BANGER_TREES_DIR": "cache"})
+    assert out.returncode == 0, out.stderr
+    assert (default / MARKER).is_file() and (default / "demo").is_dir()
