@@ -4,6 +4,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from banger.core.fsutil import remove_tree
 from banger.core.store import Store
 
@@ -100,3 +102,44 @@ def test_remove_tree_still_removes_read_only_dirs_inside(tmp_path):
     os.chmod(tmp_path, 0o755)
     remove_tree(top)
     assert not top.exists() and stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+@pytest.fixture
+def reachable_dir():
+    """A temporary dir other users can traverse (pytest's own are root's alone)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="banger-test-"))
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_remove_tree_as_an_ordinary_user_opens_read_only_dirs_inside_only(reachable_dir):
+    """Without root's override, read-only dirs of the tree are opened up to empty them; the
+    parent (here the user's own, writable) keeps its mode."""
+    import subprocess
+    import sys
+
+    from tests.support_tools import REPO
+
+    nobody = 65534
+    home = reachable_dir / "home"
+    top = home / "tree"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "a" / "b" / "f").write_text("x")
+    (top / "a" / "unreadable" / "c").mkdir(parents=True)
+    (top / "a" / "unreadable" / "c" / "g").write_text("y")
+    for p in [home, *home.rglob("*")]:
+        os.chown(p, nobody, nobody)
+    for d in (top / "a" / "b", top / "a", top):
+        os.chmod(d, 0o500)
+    os.chmod(top / "a" / "unreadable", 0)
+    os.chmod(home, 0o755)
+    code = ("import os, sys\nfrom banger.core.fsutil import remove_tree\n"  # imported as root: any checkout
+            "os.setgid(65534); os.setuid(65534)\nremove_tree(sys.argv[1])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(top)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not top.exists() and stat.S_IMODE(home.stat().st_mode) == 0o755
