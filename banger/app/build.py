@@ -1,12 +1,11 @@
 """One `banger build`: run the pipeline through doit, name the result, summarise it."""
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable
 
 from banger.engine import doit_runner
-from banger.core import images
+from banger.core import images, procs
 from banger.steps import pipeline
 from banger.core.config import Dirs
 from banger.engine.tasks import Build
@@ -31,7 +30,7 @@ def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = Non
     build = new_build(spec, dirs, log)
     # checks kernel= and hypervisor=, then resolves the image; errors here are one line
     task_dicts = list(pipeline.tasks(build, spec))
-    dep_file = build.store.root / "staging" / f"doit-{os.getpid()}.json"
+    dep_file = build.store.root / "staging" / f"doit-{procs.owner_tag()}.json"
     try:
         code = doit_runner.run(build, lambda: (t for t in task_dicts), dep_file)
     finally:
@@ -39,6 +38,8 @@ def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = Non
             p.unlink(missing_ok=True)
         build.store.evict_volatile_trees(keep=[d for r in build.records.values()
                                                for d in r.outputs.values() if d.startswith(TREE)])
+        if build.store.ram and build.store.ram.refused:
+            build.log(f"warning: {build.store.ram.refused}")
     if code != 0:
         raise BuildError(build.error or f"build failed (doit exit code {code})")
     return build

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from banger.core import digest as dg
-from banger.core import images, pins
+from banger.core import images, pins, procs
 from banger.core.fsutil import remove_tree
 from banger.core.store import TREE, Store
 
@@ -138,11 +138,12 @@ def gc(store: Store, max_size: int | None = None, max_age_days: float | None = N
 
 
 def _sweep_staging(store: Store, older_than: float = 24 * 3600) -> None:
-    """Staging dirs of crashed builds (kept a day: a resumable download may still want them)."""
+    """Staging nobody owns any more, kept a day (a resumable download may still want it). A killed
+    process's is gone already (Store removes it on open); a running one's stays however old."""
     now = time.time()
     for p in (store.root / "staging").iterdir():
         with contextlib.suppress(FileNotFoundError):
-            if now - p.lstat().st_mtime > older_than:
+            if now - p.lstat().st_mtime > older_than and not procs.owner_alive(p.name):
                 remove_tree(p) if p.is_dir() else p.unlink()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from banger.app.build import run_build
+from banger.core.cachedir import open_cache
 from banger.core.config import Dirs
 from banger.core.errors import BuildError
 from banger.core.images import ImageRecord
@@ -17,6 +18,7 @@ def run_demo(dirs: Dirs, boot: bool = True, log: Callable[[str], None] = print) 
     """Pull the Debian cloud kernel when no kernel is installed, start a local registry holding a
     Debian bookworm image made with debootstrap (built once, then cached), and build it."""
     try:
+        open_cache(dirs.cache)  # the demo's registry is kept in the cache: make it one first
         ensure_default_kernel(dirs, log=log)
         registry, ref = ensure_demo_image(dirs.cache / "demo", log=log)
     except (KernelError, RuntimeError, OSError) as exc:

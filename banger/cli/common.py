@@ -45,7 +45,16 @@ def say(message: str) -> None:
 
 
 def dirs() -> Dirs:
-    return default_dirs(state.get("cache_dir"))
+    """The dirs of this command; a cache dir that is not banger's is refused here, in one line,
+    before any command reads or writes in it (Store makes a new or empty one a cache)."""
+    from banger.core.cachedir import NotACacheError, check
+
+    d = default_dirs(state.get("cache_dir"))
+    try:
+        check(d.cache)
+    except NotACacheError as exc:
+        fail(str(exc))
+    return d
 
 
 def store():

@@ -29,13 +29,19 @@ class Dirs:
 def default_dirs(cache_dir: str | os.PathLike | None = None) -> Dirs:
     """Dirs for this process: --cache-dir beats $BANGER_CACHE_DIR beats $XDG_CACHE_HOME/banger."""
     chosen = cache_dir or os.environ.get(CACHE_ENV)
-    cache = Path(chosen).resolve() if chosen else _xdg("XDG_CACHE_HOME", BaseDirectory.xdg_cache_home)
+    cache = Path(chosen).resolve() if chosen else default_cache()
     return Dirs(
         cache=cache,
         state=_xdg("XDG_STATE_HOME", BaseDirectory.xdg_state_home),
         config=_xdg("XDG_CONFIG_HOME", BaseDirectory.xdg_config_home),
         trees=volatile_trees_dir(cache),
     )
+
+
+def default_cache() -> Path:
+    """$XDG_CACHE_HOME/banger: banger's own by its name (a chosen cache dir must prove it, see
+    cachedir.py)."""
+    return _xdg("XDG_CACHE_HOME", BaseDirectory.xdg_cache_home)
 
 
 def volatile_trees_dir(cache: Path) -> Path | None:

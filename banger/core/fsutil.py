@@ -7,10 +7,13 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
+
+from banger.core import procs
 
 FICLONE = 0x40049409
 
@@ -92,17 +95,53 @@ def temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that also copes with read-only directories an extraction left behind."""
-    def onerror(func, p, exc):
+    """rmtree that also copes with read-only directories an extraction left behind.
+
+    Never follows a symlink (one at `path` itself is removed as a link, its target is left alone)
+    and never changes the mode of anything outside `path`: its parent may be a shared directory
+    such as /dev/shm."""
+    top = os.path.abspath(path)
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(top)
+        return
+
+    def inside(p: str) -> bool:
+        return p == top or p.startswith(top + os.sep)
+
+    def onerror(func, p, exc_info):
+        if isinstance(exc_info[1], FileNotFoundError):
+            return
+        p = os.path.abspath(p)
         parent = os.path.dirname(p)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
+        real_dir = os.path.isdir(p) and not os.path.islink(p)
+        if func in (os.open, os.scandir, os.listdir) and real_dir and inside(p) and p != top:
+            os.chmod(p, 0o700)  # an unreadable directory inside: open it up, then remove it
+            shutil.rmtree(p, onerror=onerror)
+            return
+        if inside(parent) and parent != p:  # a read-only directory of the tree itself
+            with contextlib.suppress(OSError):
+                os.chmod(parent, 0o700)
+        if real_dir and inside(p):
+            with contextlib.suppress(OSError):
                 os.chmod(p, 0o700)
         with contextlib.suppress(FileNotFoundError):
             func(p)
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
+    shutil.rmtree(top, onerror=onerror)
+
+
+def remove_dead_staging(parent: Path) -> None:
+    """Remove the entries of `parent` whose name carries the owner_tag of a process that is gone
+    (a killed build's staging); a live process's, and untagged ones, stay."""
+    dead: list[str] = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(parent) as it:
+        dead = [e.path for e in it if procs.owner_gone(e.name)]
+    for path in dead:
+        remove_tree(Path(path))
 
 
 @contextlib.contextmanager

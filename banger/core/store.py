@@ -8,6 +8,10 @@ Layout under the cache dir:
     locks/<key>.lock          one flock per action key
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
+    .banger-cache             the marker that makes the dir banger's (cachedir.py)
+
+Staging names carry their process's owner_tag (procs.py): opening a store removes those of
+processes that are gone (a killed build's), never a live one's.
 
 Trees are made in RAM instead when the store is given a RAM dir (see ram_trees.py).
 """
@@ -22,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from banger.core import cachedir, procs
 from banger.core import digest as dg
-from banger.core.fsutil import atomic_write, remove_tree, temp_dir
+from banger.core.cachedir import NotACacheError  # noqa: F401  (re-exported)
+from banger.core.fsutil import atomic_write, remove_dead_staging, remove_tree, temp_dir
 from banger.core.ram_trees import TREE, RamTrees
 
 
@@ -89,10 +95,14 @@ def tree_digest(root: Path, known: dict[int, str] | None = None) -> str:
 class Store:
     def __init__(self, root: Path, volatile: Path | None = None):
         self.root = Path(root)
+        cachedir.open_cache(self.root)
         for sub in ("blobs", "trees", "actions", "stamps", "locks", "staging", "images"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.ram = RamTrees(Path(volatile), self.root) if volatile else None
         self._trusted: set[str] = set()  # digests fully verified in this process
+        remove_dead_staging(self.root / "staging")
+        if self.ram:
+            self.ram.sweep_staging()
 
     # ---- paths -------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -104,7 +114,7 @@ class Store:
         return self.root / "blobs" / alg / hexpart
 
     def tree_homes(self) -> list[Path]:
-        return ([self.ram.trees] if self.ram else []) + [self.root / "trees"]
+        return ([self.ram.trees] if self.ram and self.ram.ours() else []) + [self.root / "trees"]
 
     def _stamp(self, digest: str) -> Path:
         alg, hexpart = dg.split(digest.removeprefix(TREE))
@@ -114,7 +124,7 @@ class Store:
     @contextlib.contextmanager
     def staging(self, prefix: str = "work-") -> Iterator[Path]:
         """A private directory on the store's filesystem, removed whatever happens."""
-        with temp_dir(self.root / "staging", prefix) as path:
+        with temp_dir(self.root / "staging", f"{prefix}{procs.owner_tag()}-") as path:
             yield path
 
     def tree_staging(self, expected_bytes: int) -> contextlib.AbstractContextManager[Path]:

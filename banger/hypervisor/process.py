@@ -7,37 +7,23 @@ Recognising it later (pid and start time) is banger.core.procs's.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from banger.core.procs import dies_with_parent
 
-
-PR_SET_PDEATHSIG = 1
 KEEPER = Path(__file__).with_name("keeper.py")
-
-
-def _die_with_parent() -> Callable[[], None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent already died
-            os._exit(1)
-    return preexec
 
 
 def spawn_attached(argv: Sequence[str], *, stdout, stderr, env: dict | None, cwd: Path) -> subprocess.Popen:
     """The VMM in its own session (a Ctrl-C at the terminal reaches banger, not the VMM), killed
     by the kernel if banger dies."""
     return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            start_new_session=True, preexec_fn=_die_with_parent(), env=env, cwd=cwd)
+                            start_new_session=True, preexec_fn=dies_with_parent(), env=env, cwd=cwd)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from banger.core.errors import BuildError
+from banger.core.procs import dies_with_parent
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -59,7 +60,8 @@ class LayerStream:
                              f"{'not compressed (or unknown)' if found == 'none' else found}; the image manifest is wrong")
         # -P: do not put banger/ itself on the child's sys.path
         self._proc = subprocess.Popen([sys.executable, "-P", str(DECODER), str(path), compression],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      preexec_fn=dies_with_parent())
         assert self._proc.stdout is not None
         self._fd = self._proc.stdout.fileno()
         with contextlib.suppress(OSError):

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from banger.core.procs import dies_with_parent
 
 PROMPT = "debugfs: "
 # Lines debugfs prints on success for commands that change the image.
@@ -47,7 +48,7 @@ def run(image: Path, commands: list[str], write: bool = False,
         argv = ["stdbuf", "-o0", *argv]
     proc = subprocess.run(argv, input="\n".join(commands) + "\n", stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="surrogateescape",
-                          env={**os.environ, **env} if env else None)
+                          env={**os.environ, **env} if env else None, preexec_fn=dies_with_parent())
     preamble, _, _ = proc.stdout.partition(PROMPT)
     opened_badly = [line for line in preamble.splitlines() if line.strip() and not BENIGN.match(line)]
     if proc.returncode != 0 or opened_badly:

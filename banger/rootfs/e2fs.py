@@ -15,6 +15,7 @@ from pathlib import Path
 
 from banger.rootfs import debugfs
 from banger.rootfs.debugfs import quote  # noqa: F401  (the module's callers use e2fs.quote)
+from banger.core.procs import dies_with_parent
 
 # Every timestamp e2fsprogs writes (superblock times, new inodes' a/c/m/crtime) is this instant.
 # Must be non-zero: libext2fs treats fs->now == 0 as "use the clock".
@@ -63,7 +64,7 @@ def env(stage: Path | None = None) -> dict[str, str]:
 def version(tool: str = "mke2fs") -> str:
     """e.g. "mke2fs 1.47.0 (5-Feb-2023)": part of the step key, so an upgrade rebuilds images."""
     try:
-        proc = subprocess.run([tool, "-V"], capture_output=True, text=True)
+        proc = subprocess.run([tool, "-V"], capture_output=True, text=True, preexec_fn=dies_with_parent())
     except FileNotFoundError:
         raise E2fsError(f"{tool} is not installed; install e2fsprogs (apt-get install e2fsprogs)") from None
     first = (proc.stderr or proc.stdout).strip().splitlines()
@@ -81,7 +82,7 @@ def run(image: Path, commands: list[str], write: bool = False) -> list[debugfs.B
 def fsck(image: Path) -> None:
     """`e2fsck -fn`: the verification every image passes before it is stored."""
     proc = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True,
-                          errors="surrogateescape", env=env())
+                          errors="surrogateescape", env=env(), preexec_fn=dies_with_parent())
     if proc.returncode != 0:
         problems = [line for line in proc.stdout.splitlines()
                     if line.strip() and not line.startswith(("Pass ", "e2fsck ")) and "files (" not in line]
@@ -91,7 +92,8 @@ def fsck(image: Path) -> None:
 
 def superblock(image: Path) -> dict[str, str]:
     """`dumpe2fs -h` as a dict ("Free blocks" -> "123", ...)."""
-    proc = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True, env=env())
+    proc = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True, env=env(),
+                          preexec_fn=dies_with_parent())
     if proc.returncode != 0:
         raise E2fsError(f"dumpe2fs could not read {image}: {proc.stderr.strip().splitlines()[-1:]}")
     fields = {}

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from banger.core.procs import dies_with_parent
 
 KEY_NAME = "id_ed25519"
 COMMENT = "banger"
@@ -74,7 +75,7 @@ def _create(path: Path) -> None:
         if shutil.which("ssh-keygen"):
             proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", COMMENT,
                                    "-f", str(tmp)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, stdin=subprocess.DEVNULL)
+                                  text=True, stdin=subprocess.DEVNULL, preexec_fn=dies_with_parent())
             if proc.returncode != 0:
                 raise SshKeyError(f"ssh-keygen could not create {path}: {proc.stdout.strip()}")
         else:

@@ -33,6 +33,7 @@ from banger.rootfs import e2fs
 from banger.rootfs.e2fs import BLOCK, E2fsError, quote
 from banger.engine.tasks import Build, StepRun, step_task
 from banger.core.errors import BuildError
+from banger.core.procs import dies_with_parent
 from banger.engine.spec import BuildSpec
 
 VERSION = "1"
@@ -170,7 +171,8 @@ def mke2fs(out: Path, size: int, inodes: int | None, seed_key: str, stage: Path)
             "-U", derived_uuid(seed_key, "uuid"),
             "-E", f"hash_seed={derived_uuid(seed_key, 'hash-seed')},root_owner=0:0",
             *(["-N", str(inodes)] if inodes else []), str(out), str(size // 1024) + "k"]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=e2fs.env(stage))
+    proc = subprocess.run(argv, capture_output=True, text=True, env=e2fs.env(stage),
+                          preexec_fn=dies_with_parent())
     if proc.returncode != 0:
         detail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
         raise BuildError(f"mke2fs failed for a {human(size)} image: {detail}")
@@ -265,7 +267,8 @@ def populate(image: Path, tree: Path, plan: Plan, times: dict[str, float]) -> No
     times["skeleton"] = time.monotonic() - t
     if big:
         t = time.monotonic()
-        proc = subprocess.run(["e2fsck", "-fyD", str(image)], capture_output=True, text=True, env=e2fs.env())
+        proc = subprocess.run(["e2fsck", "-fyD", str(image)], capture_output=True, text=True, env=e2fs.env(),
+                              preexec_fn=dies_with_parent())
         if proc.returncode not in (0, 1):
             raise E2fsError(f"e2fsck -D could not index directories: {proc.stdout.strip().splitlines()[-1:]}")
         times["index"] = time.monotonic() - t

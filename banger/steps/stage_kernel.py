@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 from banger.core import config, fsutil
 from banger.rootfs import debugfs, e2fs
 from banger.core.errors import BuildError
+from banger.core.procs import dies_with_parent
 from banger.engine import tasks as engine
 from banger.kernel import bundle as kernel_bundle, suggest
 from banger.kernel.bundle import Bundle, KernelError
@@ -205,7 +206,7 @@ def _make_room(image: Path, modules_root: Path) -> int:
     new_size = image.stat().st_size + extra
     os.truncate(image, new_size)
     proc = subprocess.run(["resize2fs", str(image), f"{new_size // 1024}K"], capture_output=True, text=True,
-                          env=e2fs.env())
+                          env=e2fs.env(), preexec_fn=dies_with_parent())
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise BuildError(f"cannot grow the rootfs to fit the kernel modules: {detail}")
