@@ -40,7 +40,8 @@ def test_gc_during_a_build_refuses_with_wait_0_and_otherwise_waits_for_it(small_
     assert refused.returncode == 1
     assert refused.stderr.strip() == ("error: 1 build still running; nothing was evicted: run `banger cache gc` "
                                       "again when they finish (or give --wait SECONDS)")
-    assert seen["first_line"].strip() == "waiting for 1 running build to finish (up to 600 s; --wait SECONDS changes that)"
+    assert seen["first_line"].strip() == ("waiting for 1 running build to finish "
+                                          "(up to 600 s; --wait SECONDS changes that)")
     out, err = seen["gc"].communicate(timeout=300)
     assert seen["gc"].returncode == 0, err
     store = Store(dirs.cache, dirs.trees)
@@ -67,9 +68,9 @@ def test_a_damaged_image_record_evicts_nothing_and_is_reported_in_one_line(tmp_p
     orphan = store.ingest_stream([b"orphan" * 100], algorithm="blake3")
     path = store.root / "images" / "big.json"
     text = path.read_bytes().decode()
-    rootfs_hex = image.artifacts["rootfs"].split(":")[1]
-    damaged = (FLIPS[flip] or (lambda t: t.replace(rootfs_hex, rootfs_hex[:10] + ("0" if rootfs_hex[10] != "0" else "1")
-                                                   + rootfs_hex[11:])))(text)
+    hexpart = image.artifacts["rootfs"].split(":")[1]
+    other = hexpart[:10] + ("0" if hexpart[10] != "0" else "1") + hexpart[11:]
+    damaged = (FLIPS[flip] or (lambda t: t.replace(hexpart, other)))(text)
     assert damaged != text
     path.write_bytes(damaged.encode("utf-8", "surrogateescape"))
 
