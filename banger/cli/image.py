@@ -23,7 +23,8 @@ def image_list(as_json: bool = typer.Option(False, "--json")) -> None:
              "built_at": i.built_at} for i in good]
     lines = [f"{r['name']:<24} {r['ref']:<40} {r['digest'][:19]}  {human_bytes(r['rootfs_size']):>10}  "
              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['built_at']))}" for r in rows]
-    lines += [f"{d.name:<24} DAMAGED ({d.why}): `banger image rm {d.name}`, then build it again" for d in damaged]
+    lines += [f"{d.name:<24} DAMAGED ({d.why}): build it again with name={d.name} or `banger image rm {d.name}`"
+              for d in damaged]
     emit(rows + [{"name": d.name, "damaged": str(d)} for d in damaged], as_json, lines)
 
 

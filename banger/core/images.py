@@ -8,6 +8,7 @@ from pathlib import Path
 
 from banger.core import digest as dg
 from banger.core.fsutil import atomic_write
+from banger.core.records import fields_problem
 from banger.core.store import TREE, Store
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")  # an image name (also a file name)
@@ -18,11 +19,13 @@ class ImageError(LookupError):
 
 
 class DamagedImage(ImageError):
-    """images/NAME.json is there but is not a readable image record; the message says the fix."""
+    """images/NAME.json is there but is not a readable image record; the message says the fix:
+    building the image again under its name rewrites the record (its steps are still cached)."""
 
-    def __init__(self, name: str, path: Path, why: str):
-        super().__init__(f"image {name}'s record {path} is damaged ({why}); remove it with "
-                         f"`banger image rm {name}` and build the image again with name={name}")
+    def __init__(self, name: str, path: Path, why: str, ref: str = "REF"):
+        super().__init__(f"image {name}'s record {path} is damaged ({why}); build it again with "
+                         f"`banger build image={ref} name={name}` (its steps are still cached) "
+                         f"or drop it with `banger image rm {name}`")
         self.name, self.why = name, why
 
 
@@ -85,16 +88,16 @@ def parse(name: str, path: Path, data: bytes) -> ImageRecord:
     """The record in `data`, or DamagedImage: a record gc would misread must not be used at all."""
     try:
         doc = json.loads(data.decode("utf-8"))
+        why = _shape_problem(doc, name)
+        if why is None and doc["extra"].get(CHECKSUM, _checksum(doc)) != _checksum(doc):
+            why = "its checksum does not match its content"
     except UnicodeDecodeError:
-        raise DamagedImage(name, path, "not UTF-8") from None
+        why = "not UTF-8"
     except ValueError:
-        raise DamagedImage(name, path, "not valid JSON") from None
-    why = _shape_problem(doc, name)
+        why = "not valid JSON"
     if why:
-        raise DamagedImage(name, path, why)
-    check = doc["extra"].get(CHECKSUM)
-    if check is not None and check != _checksum(doc):
-        raise DamagedImage(name, path, "its checksum does not match its content")
+        ref = re.search(rb'"ref": *"([^"\\\s]{1,300})"', data)  # for the fix's command line, if it is legible
+        raise DamagedImage(name, path, why, ref.group(1).decode("utf-8", "replace") if ref else "REF")
     return ImageRecord(**doc)
 
 
@@ -104,7 +107,7 @@ def _shape_problem(doc, name: str) -> str | None:
     known = set(ImageRecord.__dataclass_fields__)
     missing = {"name", "ref", "digest", "built_at", "artifacts", "steps"} - doc.keys()
     if missing or doc.keys() - known:
-        return f"unexpected fields: {', '.join(sorted(missing | (doc.keys() - known)))}"
+        return fields_problem(missing, doc.keys() - known)
     doc.setdefault("extra", {})
     number = (int, float)
     if doc["name"] != name:

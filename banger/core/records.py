@@ -39,6 +39,11 @@ _RECORD_FIELDS = {f.name: f for f in fields(ActionRecord)}
 _DICTS = ("inputs", "params", "tools", "outputs", "info")
 
 
+def fields_problem(missing: set[str], unknown: set[str]) -> str:
+    return "; ".join(f"{what} field{'s' if len(names) > 1 else ''} {', '.join(sorted(names))}"
+                     for what, names in (("missing", missing), ("unknown", unknown)) if names)
+
+
 def parse_record(data: bytes, key: str) -> ActionRecord:
     """The record stored under `key`, checked; DamagedRecord(why) if it is not one."""
     try:
@@ -50,9 +55,8 @@ def parse_record(data: bytes, key: str) -> ActionRecord:
     if not isinstance(doc, dict):
         raise DamagedRecord("not a JSON object")
     required = {n for n, f in _RECORD_FIELDS.items() if f.default is MISSING and f.default_factory is MISSING}
-    odd = (required - doc.keys()) | (doc.keys() - _RECORD_FIELDS.keys())
-    if odd:
-        raise DamagedRecord(f"unexpected fields: {', '.join(sorted(odd))}")
+    if required - doc.keys() or doc.keys() - _RECORD_FIELDS.keys():
+        raise DamagedRecord(fields_problem(required - doc.keys(), doc.keys() - _RECORD_FIELDS.keys()))
     if not all(isinstance(doc[k], str) for k in ("key", "step", "step_version")) \
             or not all(isinstance(doc.get(k, {}), dict) for k in _DICTS) \
             or not all(isinstance(doc.get(k, 0), (int, float)) for k in ("created", "seconds")):

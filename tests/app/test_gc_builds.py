@@ -53,6 +53,28 @@ def test_gc_during_a_build_refuses_with_wait_0_and_otherwise_waits_for_it(small_
     assert {s["status"] for s in again.steps} == {"cached"}
 
 
+def test_a_damaged_image_record_is_fixed_by_building_the_image_again_from_cache(small_build):
+    """The fix the line names first: the same build words rewrite the record, every step cached."""
+    dirs, env, spec = small_build
+    first = build_app.run_build(spec, dirs, log=lambda m: None)
+    store = Store(dirs.cache, dirs.trees)
+    path = store.root / "images" / "small.json"
+    hexpart = first.artifacts["rootfs"].split(":")[1]
+    path.write_text(path.read_text().replace(hexpart, hexpart[::-1]))  # still JSON, names no rootfs we have
+
+    gc = banger(env, "cache", "gc")
+    assert gc.returncode == 1
+    assert gc.stderr.startswith("error: nothing was evicted: image small's record")
+    assert f"`banger build image={spec.image} name=small` (its steps are still cached)" in gc.stderr
+    assert store.path(first.artifacts["rootfs"]).exists()
+
+    again = build_app.run_build(spec, dirs, log=lambda m: None)
+    assert {s["status"] for s in again.steps} == {"cached"}
+    assert images.load(store, "small").artifacts == first.artifacts
+    assert banger(env, "cache", "gc").returncode == 0
+    assert store.verify(first.artifacts["rootfs"], full=True)
+
+
 FLIPS = {
     "a brace": lambda text: text.replace("{", "[", 1),
     "a hex digit of the rootfs digest": None,  # valid JSON still: only the checksum notices
@@ -93,7 +115,7 @@ def test_a_damaged_image_record_evicts_nothing_and_is_reported_in_one_line(tmp_p
     gc = banger(env, "cache", "gc")
     assert gc.returncode == 1 and len(gc.stderr.strip().splitlines()) == 1 and "nothing was evicted" in gc.stderr
 
-    images.remove(store, "big")  # the fix the line names; gc then collects as usual
+    images.remove(store, "big")  # one fix the line names; gc then collects as usual
     cache_ops.gc(store)
     assert not store.path(image.artifacts["rootfs"]).exists() and not store.path(orphan).exists()
 

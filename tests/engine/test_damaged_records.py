@@ -22,7 +22,7 @@ def _edit(change):
 CORRUPTIONS = {
     "bad UTF-8": (lambda data: data.replace(b'"step"', b'"st\xffp"', 1), "not UTF-8"),
     "not JSON": (lambda data: data[: len(data) // 2], "not valid JSON"),
-    "a wrong key": (_edit(lambda d: d.update(outputz=d.pop("outputs"))), "unexpected fields: outputs, outputz"),
+    "a wrong key": (_edit(lambda d: d.update(outputz=d.pop("outputs"))), "missing field outputs; unknown field outputz"),
     "outputs of the wrong type": (_edit(lambda d: d.update(outputs=list(d["outputs"].values()))),
                                   "a field has the wrong type"),
     "an output of the wrong type": (_edit(lambda d: d["outputs"].update(image=5)), "an output is not a digest"),
