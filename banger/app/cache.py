@@ -136,7 +136,8 @@ def _gc(store: Store, max_size: int | None, max_age_days: float | None) -> dict:
     _sweep_staging(store)
     return {"evicted": len(evicted), "freed": sum(e.size for e in evicted), "size": total,
             "kept_for_images": len(root_digests),
-            "over_limit": bool(max_size is not None and total > max_size)}
+            "over_limit": bool(max_size is not None and total > max_size),
+            "damaged_records": sorted(store.damaged)}  # removed as they were read
 
 
 def _sweep_staging(store: Store, older_than: float = 24 * 3600) -> None:

@@ -78,6 +78,10 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size", help="e.
              f"cache is {human_bytes(result['size'])}"]
     if result["over_limit"]:
         lines.append("still over --max-size: named images alone need more (`banger image rm` some)")
+    if result["damaged_records"]:
+        n = len(result["damaged_records"])
+        lines.append(f"removed {n} damaged action record{'s' if n != 1 else ''} (their steps run again "
+                     "at the next build)")
     emit(result, as_json, lines)
 
 

@@ -54,3 +54,18 @@ def test_a_damaged_record_is_removed_reported_and_rebuilt(small_build, how):
     assert f"ext4: its cached record was damaged ({why}); removed it, the step runs again" in lines
     assert again.artifacts == first.artifacts
     assert json.loads(path.read_bytes())["outputs"] == json.loads(good)["outputs"]  # written anew
+
+
+def test_gc_removes_a_damaged_record_and_says_so(small_build):
+    dirs, env, spec = small_build
+    first = build_app.run_build(spec, dirs, log=lambda m: None)
+    key = next(s["key"] for s in first.steps if s["step"] == "ownership")
+    path = Store(dirs.cache, dirs.trees).root / "actions" / key[:2] / f"{key}.json"
+    path.write_bytes(b"\xff" + path.read_bytes())
+    gc = banger(env, "cache", "gc")
+    assert gc.returncode == 0, gc.stderr
+    assert "removed 1 damaged action record (their steps run again at the next build)" in gc.stdout
+    assert not path.exists()
+    again = build_app.run_build(spec, dirs, log=lambda m: None)
+    assert {s["step"]: s["status"] for s in again.steps}["ownership"] == "ran"
+    assert again.artifacts == first.artifacts
