@@ -6,7 +6,7 @@ from pathlib import Path
 
 from doit import get_var
 
-from banger.app.build import new_build, record_image, summary_lines
+from banger.app.build import hold_for_process, new_build, record_image, summary_lines
 from banger.core.cachedir import NotACacheError
 from banger.core.config import CACHE_ENV, default_dirs
 from banger.core.errors import BuildError
@@ -24,6 +24,7 @@ def task_build():
     try:
         spec = parse_words([f"{k}={get_var(k)}" for k in KEYS if get_var(k)], command="doit build")
         build = new_build(spec, default_dirs(os.environ.get(CACHE_ENV) or CACHE))
+        hold_for_process(build)  # `banger cache gc` waits for this build (and its image record)
         task_dicts = list(pipeline.tasks(build, spec))
     except (SpecError, BuildError, NotACacheError) as exc:
         yield from pipeline.outline(str(exc))

@@ -1,11 +1,13 @@
 """One `banger build`: run the pipeline through doit, name the result, summarise it."""
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Callable
 
 from banger.engine import doit_runner
-from banger.core import images, procs
+from banger.core import images, inflight, procs
 from banger.steps import pipeline
 from banger.core.config import Dirs
 from banger.engine.tasks import Build
@@ -22,11 +24,30 @@ def new_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
 
 
 def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> images.ImageRecord:
-    return record_image(execute(spec, dirs, log), spec)
+    with building(dirs, log):  # until the image is named, nothing references what the build made
+        return record_image(execute(spec, dirs, log), spec)
+
+
+def building(dirs: Dirs, log: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
+    """Keeps `banger cache gc` from evicting a running build's artifacts (core/inflight.py)."""
+    return inflight.building(dirs.cache, log or (lambda msg: None))
+
+
+def hold_for_process(build: Build) -> None:
+    """`building` for as long as this process lives (dodo.py: doit runs the tasks after
+    task_build returned)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(inflight.building(build.store.root, build.log))
+    build.context["inflight"] = stack
 
 
 def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
     """Run every step (cached ones cost a lookup); raises BuildError with one line on failure."""
+    with building(dirs, log):
+        return _execute(spec, dirs, log)
+
+
+def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
     build = new_build(spec, dirs, log)
     # checks kernel= and hypervisor=, then resolves the image; errors here are one line
     task_dicts = list(pipeline.tasks(build, spec))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 from banger.core import digest as dg
-from banger.core import images, pins, procs
+from banger.core import images, inflight, pins, procs
 from banger.core.fsutil import remove_tree
 from banger.core.store import TREE, Store
 
@@ -72,6 +73,9 @@ def verify_all(store: Store) -> tuple[list[str], list[str]]:
         (good if store.verify(d, full=True) else bad).append(d)
     if bad:
         _drop_records_producing(store, set(bad))
+    for _ in store.records():  # reading every record removes the damaged ones
+        pass
+    bad += [f"action record {key} ({why})" for key, why in store.damaged.items()]
     return good, bad
 
 
@@ -107,11 +111,31 @@ def _drop_records_producing(store: Store, gone: set[str]) -> None:
             store.remove_record(record.key)
 
 
-def gc(store: Store, max_size: int | None = None, max_age_days: float | None = None) -> dict:
+GC_WAIT = 600.0  # seconds gc waits for running builds by default
+
+
+def gc(store: Store, max_size: int | None = None, max_age_days: float | None = None,
+       wait: float = GC_WAIT, on_wait: Callable[[int], None] | None = None) -> dict:
     """Evict what no named image references: older than max_age, then LRU until under max_size.
 
-    With neither limit, everything unreferenced goes.
+    With neither limit, everything unreferenced goes. Runs while no build does (it waits up to
+    `wait` seconds for running builds, telling on_wait how many): a build's artifacts are
+    referenced by no image until it has named its image.
     """
+    try:
+        with inflight.collecting(store.root, wait, on_wait):
+            return _gc(store, max_size, max_age_days)
+    except inflight.Busy as exc:
+        n = f"{exc.builds} build{'s' if exc.builds != 1 else ''}" if exc.builds else "builds"
+        raise CacheError(f"{n} still running{f' after {wait:g} s' if wait > 0 else ''}; nothing was evicted: "
+                         "run `banger cache gc` again when they finish (or give --wait SECONDS)") from None
+
+
+def _gc(store: Store, max_size: int | None, max_age_days: float | None) -> dict:
+    _, damaged = images.scan(store)
+    if damaged:  # it could reference anything (a flipped byte in a digest): only keeping all is safe
+        more = f" ({len(damaged) - 1} more: `banger image list` names them)" if len(damaged) > 1 else ""
+        raise CacheError(f"nothing was evicted: {damaged[0]}{more}")
     root_keys, root_digests = roots(store)
     listing = entries(store)
     candidates = sorted((e for e in listing if not e.referenced), key=lambda e: e.last_used)
@@ -134,7 +158,8 @@ def gc(store: Store, max_size: int | None = None, max_age_days: float | None = N
     _sweep_staging(store)
     return {"evicted": len(evicted), "freed": sum(e.size for e in evicted), "size": total,
             "kept_for_images": len(root_digests),
-            "over_limit": bool(max_size is not None and total > max_size)}
+            "over_limit": bool(max_size is not None and total > max_size),
+            "damaged_records": sorted(store.damaged)}  # removed as they were read
 
 
 def _sweep_staging(store: Store, older_than: float = 24 * 3600) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from banger.cli.common import dirs, emit, fail, store, typer_app
+from banger.cli.common import dirs, emit, fail, say, store, typer_app
 
 cache_app = typer_app(no_args_is_help=True, help="Inspect and manage the artifact cache.")
 
@@ -54,9 +54,12 @@ def cache_verify(as_json: bool = typer.Option(False, "--json")) -> None:
 @cache_app.command("gc")
 def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size", help="e.g. 20G"),
              max_age: Optional[float] = typer.Option(None, "--max-age", help="days"),
+             wait: float = typer.Option(600.0, "--wait", metavar="SECONDS",
+                                        help="How long to wait for running builds (0: refuse at once)."),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Evict what no named image references (older than --max-age, then LRU down to --max-size)."""
-    from banger.app.cache import gc
+    """Evict what no named image references (older than --max-age, then LRU down to --max-size).
+    Waits for running builds first: what they made is referenced by no image yet."""
+    from banger.app.cache import CacheError, gc
     from banger.core.progress import human_bytes
     from banger.engine.spec import SpecError, parse_size
 
@@ -64,11 +67,23 @@ def cache_gc(max_size: Optional[str] = typer.Option(None, "--max-size", help="e.
         limit = parse_size(max_size) if max_size else None
     except SpecError as exc:
         fail(str(exc).replace("size=", "--max-size "))
-    result = gc(store(), limit, max_age)
+
+    def waiting(builds: int) -> None:
+        n = f"{builds} running build{'s' if builds != 1 else ''}" if builds else "running builds"
+        say(f"waiting for {n} to finish (up to {wait:g} s; --wait SECONDS changes that)")
+
+    try:
+        result = gc(store(), limit, max_age, wait=wait, on_wait=waiting)
+    except CacheError as exc:
+        fail(str(exc))
     lines = [f"evicted {result['evicted']} artifacts, freed {human_bytes(result['freed'])}; "
              f"cache is {human_bytes(result['size'])}"]
     if result["over_limit"]:
         lines.append("still over --max-size: named images alone need more (`banger image rm` some)")
+    if result["damaged_records"]:
+        n = len(result["damaged_records"])
+        lines.append(f"removed {n} damaged action record{'s' if n != 1 else ''} (their steps run again "
+                     "at the next build)")
     emit(result, as_json, lines)
 
 

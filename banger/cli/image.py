@@ -14,14 +14,18 @@ image_app = typer_app(no_args_is_help=True, help="Named images built by `banger 
 @image_app.command("list")
 def image_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Name, ref, digest, rootfs size, built at."""
-    from banger.core.images import all_images
+    from banger.core.images import scan
     from banger.core.progress import human_bytes
 
     s = store()
+    good, damaged = scan(s)
     rows = [{"name": i.name, "ref": i.ref, "digest": i.digest, "rootfs_size": i.rootfs_size,
-             "built_at": i.built_at} for i in all_images(s)]
-    emit(rows, as_json, [f"{r['name']:<24} {r['ref']:<40} {r['digest'][:19]}  {human_bytes(r['rootfs_size']):>10}  "
-                         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['built_at']))}" for r in rows])
+             "built_at": i.built_at} for i in good]
+    lines = [f"{r['name']:<24} {r['ref']:<40} {r['digest'][:19]}  {human_bytes(r['rootfs_size']):>10}  "
+             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['built_at']))}" for r in rows]
+    lines += [f"{d.name:<24} DAMAGED ({d.why}): build it again with name={d.name} or `banger image rm {d.name}`"
+              for d in damaged]
+    emit(rows + [{"name": d.name, "damaged": str(d)} for d in damaged], as_json, lines)
 
 
 @image_app.command("show")

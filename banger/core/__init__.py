@@ -1,6 +1,7 @@
 """The foundation: the content-addressed store and what every other package may use.
 
-Owns: the CAS (blobs, trees, action records, locks, stat stamps: store.py), digests (digest.py),
+Owns: the CAS (blobs, trees, action records, locks, stat stamps: store.py), the action record
+format and its checks (records.py), the builds-vs-gc lock (inflight.py), digests (digest.py),
 RAM trees (ram_trees.py), named image records (images.py), file helpers (fsutil.py), telling a
 full disk apart (diskspace.py), banger's directories and config (config.py), terminal progress
 (progress.py) and the one-line BuildError.

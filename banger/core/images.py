@@ -6,14 +6,30 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from banger.core import digest as dg
 from banger.core.fsutil import atomic_write
-from banger.core.store import Store
+from banger.core.records import fields_problem
+from banger.core.store import TREE, Store
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")  # an image name (also a file name)
 
 
 class ImageError(LookupError):
     pass
+
+
+class DamagedImage(ImageError):
+    """images/NAME.json is there but is not a readable image record; the message says the fix:
+    building the image again under its name rewrites the record (its steps are still cached)."""
+
+    def __init__(self, name: str, path: Path, why: str, ref: str = "REF"):
+        super().__init__(f"image {name}'s record {path} is damaged ({why}); build it again with "
+                         f"`banger build image={ref} name={name}` (its steps are still cached) "
+                         f"or drop it with `banger image rm {name}`")
+        self.name, self.why = name, why
+
+
+CHECKSUM = "checksum"  # kept in `extra` (older bangers ignore extra's keys): a digest of the rest
 
 
 @dataclass
@@ -49,25 +65,83 @@ def _path(store: Store, name: str) -> Path:
     return store.root / "images" / f"{name}.json"
 
 
+def _checksum(doc: dict) -> str:
+    return dg.key_of({**doc, "extra": {k: v for k, v in doc["extra"].items() if k != CHECKSUM}})
+
+
 def save(store: Store, image: ImageRecord) -> None:
-    atomic_write(_path(store, image.name), json.dumps(asdict(image), indent=1, sort_keys=True).encode())
+    doc = asdict(image)
+    doc["extra"] = {**doc["extra"], CHECKSUM: _checksum(doc)}
+    atomic_write(_path(store, image.name), json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
 def load(store: Store, name: str) -> ImageRecord:
+    path = _path(store, name)
     try:
-        return ImageRecord(**json.loads(_path(store, name).read_text()))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"no image named {name!r}; `banger image list` shows the built ones") from None
+    return parse(name, path, data)
+
+
+def parse(name: str, path: Path, data: bytes) -> ImageRecord:
+    """The record in `data`, or DamagedImage: a record gc would misread must not be used at all."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        why = _shape_problem(doc, name)
+        if why is None and doc["extra"].get(CHECKSUM, _checksum(doc)) != _checksum(doc):
+            why = "its checksum does not match its content"
+    except UnicodeDecodeError:
+        why = "not UTF-8"
+    except ValueError:
+        why = "not valid JSON"
+    if why:
+        ref = re.search(rb'"ref": *"([^"\\\s]{1,300})"', data)  # for the fix's command line, if it is legible
+        raise DamagedImage(name, path, why, ref.group(1).decode("utf-8", "replace") if ref else "REF")
+    return ImageRecord(**doc)
+
+
+def _shape_problem(doc, name: str) -> str | None:
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    known = set(ImageRecord.__dataclass_fields__)
+    missing = {"name", "ref", "digest", "built_at", "artifacts", "steps"} - doc.keys()
+    if missing or doc.keys() - known:
+        return fields_problem(missing, doc.keys() - known)
+    doc.setdefault("extra", {})
+    number = (int, float)
+    if doc["name"] != name:
+        return f"it names image {doc['name']!r}"
+    if not (isinstance(doc["ref"], str) and isinstance(doc["digest"], str) and isinstance(doc.get("platform", ""), str)
+            and isinstance(doc["built_at"], number) and isinstance(doc.get("rootfs_size", 0), number)
+            and isinstance(doc["extra"], dict) and isinstance(doc["steps"], list)
+            and isinstance(doc["artifacts"], dict)):
+        return "a field has the wrong type"
+    if not all(isinstance(v, str) and dg.DIGEST_RE.fullmatch(v.removeprefix(TREE)) for v in doc["artifacts"].values()):
+        return "an artifact is not a digest"
+    if not all(isinstance(s, dict) and isinstance(s.get("key"), str) and isinstance(s.get("step"), str)
+               and isinstance(s.get("status"), str) and isinstance(s.get("seconds"), number) for s in doc["steps"]):
+        return "a step entry has the wrong shape"
+    return None
+
+
+def scan(store: Store) -> tuple[list[ImageRecord], list[DamagedImage]]:
+    """Every named image: the readable records, and the damaged ones (their errors)."""
+    good: list[ImageRecord] = []
+    damaged: list[DamagedImage] = []
+    for p in sorted((store.root / "images").glob("*.json")):
+        try:
+            good.append(parse(p.stem, p, p.read_bytes()))
+        except DamagedImage as exc:
+            damaged.append(exc)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    return good, damaged
 
 
 def all_images(store: Store) -> list[ImageRecord]:
-    out = []
-    for p in sorted((store.root / "images").glob("*.json")):
-        try:
-            out.append(ImageRecord(**json.loads(p.read_text())))
-        except (json.JSONDecodeError, TypeError):
-            continue
-    return out
+    """The readable image records (`scan` also names the damaged ones)."""
+    return scan(store)[0]
 
 
 def remove(store: Store, name: str) -> None:

@@ -5,7 +5,7 @@ Layout under the cache dir:
     trees/<alg>/<hex>/        directory artifacts (flattened root filesystems)
     actions/<kk>/<key>.json   action records: key -> step, inputs, params, tools, outputs
     stamps/<alg>/<hex>        "verified at this stat()" stamps; their mtime is the last use
-    locks/<key>.lock          one flock per action key
+    locks/<key>.lock          one flock per action key; builds.lock: builds vs gc (inflight.py)
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
     .banger-cache             the marker that makes the dir banger's (cachedir.py)
@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import stat
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -31,6 +31,7 @@ from banger.core import digest as dg
 from banger.core.cachedir import NotACacheError  # noqa: F401  (re-exported)
 from banger.core.fsutil import atomic_write, remove_dead_staging, remove_tree, temp_dir
 from banger.core.ram_trees import TREE, RamTrees
+from banger.core.records import ActionRecord, DamagedRecord, action_key, parse_record  # noqa: F401 (re-exported)
 
 
 
@@ -38,34 +39,16 @@ class StoreError(Exception):
     pass
 
 
-@dataclass
-class ActionRecord:
-    key: str
-    step: str
-    step_version: str
-    inputs: dict
-    params: dict
-    tools: dict
-    outputs: dict[str, str]
-    info: dict = field(default_factory=dict)
-    created: float = 0.0
-    seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        return self.__dict__.copy()
-
-
-def action_key(step: str, step_version: str, inputs: dict, params: dict, tools: dict) -> str:
-    return dg.key_of({"step": step, "step_version": step_version, "inputs": inputs,
-                      "params": params, "tools": tools})
-
-
-def tree_digest(root: Path, known: dict[int, str] | None = None) -> str:
+def tree_digest(root: Path, known: dict[int, str] | None = None,
+                seen: dict[int, tuple] | None = None, reuse: dict[int, tuple] | None = None) -> str:
     """blake3 over a sorted listing of (path, type, mode, content digest or link target).
 
     `known` maps inode numbers to content digests the caller computed while writing the files
-    (the flatten step does, so a fresh tree is not read back)."""
+    (the flatten step does, so a fresh tree is not read back). `seen` is filled with
+    {inode: (size, mtime_ns, ctime_ns, content digest)}; a file whose inode, size, mtime and ctime
+    are as in `reuse` (such a dict, from an earlier walk) is not read again."""
     known = known or {}
+    reuse = reuse or {}
     h = dg.hasher("blake3")
 
     def walk(path: str, rel: str) -> None:
@@ -77,7 +60,11 @@ def tree_digest(root: Path, known: dict[int, str] | None = None) -> str:
             if stat.S_ISLNK(st.st_mode):
                 line = f"L {rel}/{e.name} {os.readlink(e.path)}"
             elif stat.S_ISREG(st.st_mode):
-                content = known.get(st.st_ino) or dg.of_file(Path(e.path), "blake3")[0]
+                was = reuse.get(st.st_ino)
+                content = (was[3] if was and was[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns) else None) \
+                    or known.get(st.st_ino) or dg.of_file(Path(e.path), "blake3")[0]
+                if seen is not None:
+                    seen[st.st_ino] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, content)
                 line = f"F {rel}/{e.name} {st.st_mode:o} {content}"
             else:
                 line = f"O {rel}/{e.name} {st.st_mode:o}"
@@ -100,6 +87,8 @@ class Store:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.ram = RamTrees(Path(volatile), self.root) if volatile else None
         self._trusted: set[str] = set()  # digests fully verified in this process
+        self._tree_files: dict[str, dict[int, tuple]] = {}  # tree digest -> files as hashed (tree_intact)
+        self.damaged: dict[str, str] = {}  # action key -> why its record was removed as damaged
         remove_dead_staging(self.root / "staging")
         if self.ram:
             self.ram.sweep_staging()
@@ -172,10 +161,12 @@ class Store:
         return self._commit_file(path, actual)
 
     def ingest_tree(self, path: Path, known: dict[int, str] | None = None) -> str:
-        digest = tree_digest(path, known)
+        started, seen = time.time_ns(), {}
+        digest = tree_digest(path, known, seen)
         if self.path(digest).exists():
             remove_tree(path)
         else:
+            self._remember_tree(digest, seen, started)  # a rename keeps the inodes
             in_ram = self.ram is not None and path.is_relative_to(self.ram.root)
             home = self.tree_homes()[0 if in_ram else -1]  # rename: the same filesystem
             dest = home.joinpath(*dg.split(digest[len(TREE):]))
@@ -233,7 +224,10 @@ class Store:
             except FileNotFoundError:
                 pass
         if digest.startswith(TREE):
-            actual = tree_digest(path)
+            started, seen = time.time_ns(), {}
+            actual = tree_digest(path, seen=seen)
+            if actual == digest:
+                self._remember_tree(digest, seen, started)
         else:
             actual = dg.of_file(path, dg.split(digest)[0])[0]
         if actual != digest:
@@ -242,6 +236,23 @@ class Store:
         self._write_stamp(digest)
         self._trusted.add(digest)
         return True
+
+    RACY_NS = 2_000_000_000  # a file changed this close to a walk may keep its ctime when written again
+
+    def _remember_tree(self, digest: str, seen: dict[int, tuple], started_ns: int) -> None:
+        """Keep the files of a tree as it was hashed, but only those whose ctime is well before the
+        walk: a later write then surely changes their ctime (timestamps come from a coarse clock)."""
+        self._tree_files[digest] = {ino: v for ino, v in seen.items() if v[2] < started_ns - self.RACY_NS}
+
+    def tree_intact(self, digest: str) -> bool:
+        """After a step read a tree: does it still hold `digest`? Files whose stat() is as when this
+        process hashed the tree are not read again (cheap); any other file is. A changed tree is
+        removed (it is corrupt) and False returned."""
+        path = self.path(digest)
+        if path.is_dir() and tree_digest(path, reuse=self._tree_files.get(digest)) == digest:
+            return True
+        self.remove(digest)
+        return False
 
     def verify_for_use(self, digest: str) -> bool:
         """Before a step reads an artifact: trusted if this process made or hashed it, else
@@ -291,11 +302,18 @@ class Store:
         return self.root / "actions" / key[:2] / f"{key}.json"
 
     def get_record(self, key: str) -> ActionRecord | None:
+        """The record, or None; a damaged one is removed (the step runs again) and noted in
+        `self.damaged` for the build to report."""
         try:
-            data = json.loads(self._record_path(key).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            data = self._record_path(key).read_bytes()
+        except FileNotFoundError:
             return None
-        return ActionRecord(**data)
+        try:
+            return parse_record(data, key)
+        except DamagedRecord as exc:
+            self.remove_record(key)
+            self.damaged[key] = str(exc)
+            return None
 
     def put_record(self, record: ActionRecord) -> None:
         path = self._record_path(record.key)
@@ -307,9 +325,13 @@ class Store:
             os.utime(self._record_path(key))
 
     def records(self) -> Iterator[tuple[ActionRecord, float]]:
+        """Every readable record; damaged ones are removed (see get_record)."""
         for path in sorted((self.root / "actions").glob("*/*.json")):
-            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, TypeError):
-                yield ActionRecord(**json.loads(path.read_text())), path.stat().st_mtime
+            with contextlib.suppress(FileNotFoundError):
+                mtime = path.stat().st_mtime
+                record = self.get_record(path.stem)
+                if record is not None:
+                    yield record, mtime
 
     def remove_record(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

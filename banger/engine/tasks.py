@@ -91,9 +91,13 @@ class Build:
 
     # ---- the two halves of a doit task -----------------------------------------------------
     def lookup(self, step: StepDef) -> ActionRecord | None:
-        record = self.store.get_record(step.key())
+        key = step.key()
+        record = self.store.get_record(key)
         if record is not None and self.store.record_valid(record):
             return record
+        why = self.store.damaged.pop(key, None)
+        if why:
+            self.log(f"{step.name}: its cached record was damaged ({why}); removed it, the step runs again")
         return None
 
     def is_cached(self, step: StepDef) -> bool:

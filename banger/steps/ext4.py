@@ -332,8 +332,12 @@ def seed_of(inputs: dict, params: dict) -> str:
 def work(run: StepRun) -> dict[str, str]:
     """Build the ext4 image from the flattened tree"""
     out = run.stage / "rootfs.ext4"
-    run.info.update(build_ext4(run.path(run.inputs["tree"]), run.params["size"], out,
-                               seed_of(run.inputs, run.params), where=run.store.root))
+    tree = run.inputs["tree"]
+    run.info.update(build_ext4(run.path(tree), run.params["size"], out, seed_of(run.inputs, run.params),
+                               where=run.store.root))
+    if not run.build.store.tree_intact(tree):  # cheap: only files whose stat() changed are read again
+        raise BuildError("the flattened tree changed while the ext4 step read it (something wrote into "
+                         "the cache); nothing was cached and the tree was dropped: run the build again")
     return {"image": run.store.ingest_file(out)}
 
 

@@ -51,6 +51,8 @@ def resolve_image(dirs: Dirs, settings: dict, words: tuple[str, ...], log: Log) 
         default = settings.get("default_image") or DEFAULT_IMAGE
         try:
             return images.load(store, default)
+        except images.DamagedImage:
+            raise  # its own line names the fix
         except images.ImageError:
             raise VMStateError(f"no image given and no image named {default!r}; name one "
                                f"(`banger image list`), pass build words (`banger vm create image=REF`), "

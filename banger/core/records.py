@@ -1,0 +1,70 @@
+"""Action records: what a step made from what (key -> step, inputs, params, tools, outputs), and
+the check a record read back from the store must pass before a build trusts it."""
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, field, fields
+
+from banger.core import digest as dg
+from banger.core.ram_trees import TREE
+
+
+@dataclass
+class ActionRecord:
+    key: str
+    step: str
+    step_version: str
+    inputs: dict
+    params: dict
+    tools: dict
+    outputs: dict[str, str]
+    info: dict = field(default_factory=dict)
+    created: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def action_key(step: str, step_version: str, inputs: dict, params: dict, tools: dict) -> str:
+    return dg.key_of({"step": step, "step_version": step_version, "inputs": inputs,
+                      "params": params, "tools": tools})
+
+
+class DamagedRecord(ValueError):
+    """An action record file that is not a record (a flipped byte, a truncated or foreign file)."""
+
+
+_RECORD_FIELDS = {f.name: f for f in fields(ActionRecord)}
+_DICTS = ("inputs", "params", "tools", "outputs", "info")
+
+
+def fields_problem(missing: set[str], unknown: set[str]) -> str:
+    return "; ".join(f"{what} field{'s' if len(names) > 1 else ''} {', '.join(sorted(names))}"
+                     for what, names in (("missing", missing), ("unknown", unknown)) if names)
+
+
+def parse_record(data: bytes, key: str) -> ActionRecord:
+    """The record stored under `key`, checked; DamagedRecord(why) if it is not one."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedRecord("not UTF-8") from None
+    except ValueError:
+        raise DamagedRecord("not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise DamagedRecord("not a JSON object")
+    required = {n for n, f in _RECORD_FIELDS.items() if f.default is MISSING and f.default_factory is MISSING}
+    if required - doc.keys() or doc.keys() - _RECORD_FIELDS.keys():
+        raise DamagedRecord(fields_problem(required - doc.keys(), doc.keys() - _RECORD_FIELDS.keys()))
+    if not all(isinstance(doc[k], str) for k in ("key", "step", "step_version")) \
+            or not all(isinstance(doc.get(k, {}), dict) for k in _DICTS) \
+            or not all(isinstance(doc.get(k, 0), (int, float)) for k in ("created", "seconds")):
+        raise DamagedRecord("a field has the wrong type")
+    if not all(isinstance(d, str) and dg.DIGEST_RE.fullmatch(d.removeprefix(TREE)) for d in doc["outputs"].values()):
+        raise DamagedRecord("an output is not a digest")
+    record = ActionRecord(**doc)
+    if record.key != key or action_key(record.step, record.step_version, record.inputs, record.params,
+                                       record.tools) != key:
+        raise DamagedRecord("its content does not match its key")
+    return record
