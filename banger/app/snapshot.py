@@ -3,9 +3,9 @@ step run through doit like every step (cached: a lookup; else the image boots on
 saved), and dropping one that failed to restore."""
 from __future__ import annotations
 
-import os
 from typing import Callable
 
+from banger.core import inflight, procs
 from banger.core.config import Dirs, load_config
 from banger.core.errors import BuildError
 from banger.core.store import ActionRecord, Store
@@ -35,13 +35,14 @@ def ensure(dirs: Dirs, artifacts: dict[str, str], shape: Shape,
     if found is not None and not build.store.record_valid(found):  # a damaged output is removed
         drop(dirs, found)
         raise Damaged(f"snapshot {key[:12]} failed verification (its memory or disk file is damaged or gone)")
-    dep_file = build.store.root / "staging" / f"doit-snapshot-{os.getpid()}.json"
+    dep_file = build.store.root / "staging" / f"doit-snapshot-{procs.owner_tag()}.json"
 
     def tasks():  # doit wants a generator
         yield task
 
     try:
-        code = doit_runner.run(build, tasks, dep_file, targets=(step.NAME,))
+        with inflight.building(dirs.cache, log):  # `banger cache gc` waits for it
+            code = doit_runner.run(build, tasks, dep_file, targets=(step.NAME,))
     finally:
         for p in dep_file.parent.glob(dep_file.name + "*"):
             p.unlink(missing_ok=True)
