@@ -22,7 +22,7 @@ from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
 from tests.support_tools import REPO, need
 
-PINNED = "2cb2b2af4df2764fe58e86e51a1bbea0c25ad7ce"  # inject assets 3 (identity.sh, BANGER_HOSTKEY)
+PINNED = "d3ba2d02e8054010312cb029d8204301a4135af9"  # inject assets 4 (resume.sh: snapshots)
 RELEASE = "6.1.0-99-amd64"
 
 

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from banger.core import cachedir
+
 POLL = 0.2  # seconds between gc's tries while it waits for builds
 
 
@@ -26,6 +28,9 @@ class Busy(Exception):
 
 
 def lock_path(cache: Path) -> Path:
+    """The lock file, in a cache made (or adopted) first: the lock must not be what makes a new
+    cache dir non-empty without its marker (core/cachedir.py)."""
+    cachedir.open_cache(Path(cache))
     return Path(cache) / "locks" / "builds.lock"
 
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from banger.core import config, digest as dg
+from banger.core import config, digest as dg, procs
 from banger.core.errors import BuildError
 from banger.engine import tasks as engine
 from banger.engine.spec import BuildSpec
@@ -70,7 +70,8 @@ def snapshot_cmdline(user: str = "") -> str:
 
 
 def qemu_version(binary: str) -> str:
-    proc = subprocess.run([binary, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run([binary, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          preexec_fn=procs.dies_with_parent())
     if proc.returncode != 0 or not proc.stdout:
         raise BuildError(f"`{binary} --version` failed; reinstall QEMU (the qemu-system-x86 package)")
     return proc.stdout.splitlines()[0].strip()
