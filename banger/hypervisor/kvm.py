@@ -80,10 +80,59 @@ def probe(timeout: float = 1.0) -> KvmStatus:
         return KvmStatus(False, f"the KVM probe died (exit {child.returncode}): {tail}")
 
 
+PROBE_CACHE_VERSION = "1"  # bump when the probe's test changes
+# a "not usable" answer is asked again after this long: a loaded KVM host can miss the probe's
+# deadline once, and should not run under TCG until its next reboot because of it
+NEGATIVE_TTL = 3600.0
+
+
 @functools.lru_cache(maxsize=1)
 def cached_probe() -> KvmStatus:
-    """The probe's answer for this process (the host does not change under a build)."""
-    return probe()
+    """The probe's answer, for this process and, in a small file under banger's state dir, for
+    this boot of the host: the probe can take its whole second (here, where /dev/kvm emulates),
+    and every `banger vm create` asks. The file is keyed by the host's boot id, /dev/kvm's inode
+    and ctime and the user's ids and groups (the device's access); any change probes again, and
+    a "not usable" answer is kept for NEGATIVE_TTL only."""
+    key = _host_key()
+    path = _cache_file()
+    if key is not None and path is not None:
+        try:
+            data = json.loads(path.read_text())
+            fresh = data["usable"] or time.time() - float(data["at"]) < NEGATIVE_TTL
+            if data.get("key") == key and fresh:
+                return KvmStatus(bool(data["usable"]), str(data["reason"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    status = probe()
+    if key is not None and path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"key": key, "usable": status.usable, "reason": status.reason,
+                                       "at": time.time()}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only state dir: probe again next time
+    return status
+
+
+def _host_key() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        st = os.stat(DEVICE)
+    except OSError:
+        return None  # no device: probe() answers at once anyway
+    return json.dumps([PROBE_CACHE_VERSION, boot, st.st_ino, st.st_rdev, st.st_ctime_ns, os.geteuid(),
+                       os.getegid(), sorted(os.getgroups()), platform.machine()])
+
+
+def _cache_file():
+    try:
+        from banger.core.config import default_dirs  # not at import: this file also runs as a bare script
+        return default_dirs().state / "kvm-probe.json"
+    except Exception:
+        return None
 
 
 def _kill(child: subprocess.Popen) -> None:

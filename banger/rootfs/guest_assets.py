@@ -341,11 +341,17 @@ def _blob_names(data: str, key_type: str) -> bool:
 SNAPSHOT_WORD = "banger.snapshot=1"  # on a snapshot boot's kernel command line
 
 
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
 def resume_message(name: str, vm_id: str, ssh_key: str, host_private_key: bytes, host_public_key: str,
-                   *, clock: float, seed: bytes, grow_to_sectors: int | None = None) -> bytes:
+                   *, clock: float, seed: bytes, grow_to_sectors: int | None = None,
+                   network=None, mac: str | None = None) -> bytes:
     """What the host sends a restored VM on its resume channel (see resume.sh): one line of
     words (identity_cmdline's, the clock, fresh entropy, the new sshd host key's public half,
-    the disk's new size), then the host key's OpenSSH private key lines, then RESUME_END."""
+    the disk's new size, a bridge VM's address and MAC: `network` has .address (ADDR/PREFIX),
+    .gateway and .dns (or None), e.g. hypervisor.vm.GuestNetwork), then the host key's OpenSSH
+    private key lines, then RESUME_END."""
     words = identity_cmdline(name, vm_id, grow_to_sectors is not None, systemd=False, ssh_key=ssh_key).split()
     parts = host_public_key.split()
     if len(parts) < 2 or parts[0] != "ssh-ed25519" or not SSH_KEY_BASE64.fullmatch(parts[1]):
@@ -353,6 +359,13 @@ def resume_message(name: str, vm_id: str, ssh_key: str, host_private_key: bytes,
     words += [f"banger.time={clock:.3f}", f"banger.seed={seed.hex()}", f"banger.hostkey={parts[0]}:{parts[1]}"]
     if grow_to_sectors is not None:
         words.append(f"banger.disk_sectors={int(grow_to_sectors)}")
+    if network is not None:
+        if mac is None or not MAC.fullmatch(mac):
+            raise AssetError(f"MAC address {mac!r} is not six lowercase hex pairs (e.g. 52:54:00:12:34:56)")
+        NetworkSettings(network.address, network.gateway, network.dns or network.gateway)  # validates
+        words += [f"banger.ip={network.address}", f"banger.gw={network.gateway}", f"banger.mac={mac}"]
+        if network.dns:
+            words.append(f"banger.dns={network.dns}")
     key_lines = host_private_key.decode("ascii").strip().splitlines()
     if not key_lines or not key_lines[0].startswith("-----BEGIN OPENSSH PRIVATE KEY-----"):
         raise AssetError("the restored VM's host key is not an OpenSSH private key")

@@ -53,7 +53,7 @@ class Shape:
     machine: str
     vcpus: int = DEFAULT_VCPUS
     memory_mib: int = DEFAULT_MEMORY_MIB
-    net: str = "user"
+    net: str = "user"  # the snapshot VM's (user-mode); bridge VMs restored from it reconfigure
 
     def params(self) -> dict:
         return asdict(self)

@@ -23,12 +23,12 @@ from banger.core.store import ActionRecord, Store
 from banger.hypervisor import qmp
 from banger.hypervisor.backends import create as create_vm
 from banger.hypervisor.choice import choose
-from banger.hypervisor.vm import VMConfig, VMError, tail_lines
+from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig, VMError, tail_lines
 from banger.rootfs import guest_assets
 from banger.rootfs.sshkey import ensure_key, new_host_key
 from banger.steps.boot import READY_PATTERN, ssh_login
 from banger.steps.snapshot import DISK_DEVICE
-from banger.vm import access, records
+from banger.vm import access, network, records
 from banger.vm.records import VMRecord
 
 LOAD_TIMEOUT = 60.0  # seconds for QEMU to load the saved state
@@ -50,10 +50,15 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
     choice = choose(snap.params["backend"])
     paths = {k: store.path(v) for k, v in snap.inputs.items()}
     key = ensure_key(dirs.state)
+    settings = load_config(dirs)
+    tap = None
+    if record.net == "bridge":  # the saved NIC takes this VM's MAC and address (resume.sh)
+        lease = network.attach(dirs, settings, record.name)
+        tap = TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
     config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
                       disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=snap.params["memory_mib"],
                       vcpus=snap.params["vcpus"], cmdline=snap.params["cmdline"], kept=vm_dir / "exit.json",
-                      ssh_port=record.ssh_port or None, control_socket=vm_dir / "qmp.sock",
+                      ssh_port=record.ssh_port or None, tap=tap, control_socket=vm_dir / "qmp.sock",
                       resume_socket=vm_dir / "resume.sock",
                       incoming=f"exec:zstd -dcq -- {shlex.quote(str(store.path(memory)))}")
     vm = create_vm(choice, config)
@@ -84,7 +89,8 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         private, public = new_host_key()
         message = guest_assets.resume_message(record.name, record.id, key.public_line, private, public,
                                               clock=time.time(), seed=os.urandom(32),
-                                              grow_to_sectors=record.disk_size // 512 if grow else None)
+                                              grow_to_sectors=record.disk_size // 512 if grow else None,
+                                              network=tap.network if tap else None, mac=tap.mac if tap else None)
         channel = _send(vm_dir / "resume.sock", message)
         seen: list[str] = []
         ready = vm.wait_for_console_line(READY_PATTERN, timeout=READY_TIMEOUT, seen=seen,
@@ -104,10 +110,12 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
             raise vm.failure("the restored VM's sshd presented another host key than the one banger sent it")
         timings["ssh_ready"] = time.monotonic() - start
         record.host_key = wanted
-        access.publish(dirs, load_config(dirs), record)
+        access.publish(dirs, settings, record)
         vm.detach()
     except BaseException as exc:
         vm.stop()
+        if tap is not None:
+            network.release(dirs, settings, record.name)
         record.vmm_pid, record.vmm_start = 0, None
         interrupted = isinstance(exc, KeyboardInterrupt)
         record.state = "stopped" if interrupted else "crashed"

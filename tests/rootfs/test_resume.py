@@ -134,3 +134,41 @@ def test_the_message_is_one_line_of_words_then_the_key(host_key):
     assert "banger.disk_sectors=100" in first and "systemd." not in first
     assert rest[0] == "-----BEGIN OPENSSH PRIVATE KEY-----" and rest[-1] == ga.RESUME_END
     assert os.linesep == "\n" and text.endswith("\n")
+
+
+def test_a_bridge_vm_takes_its_own_mac_and_address(scripts, sandbox_bin, guest, host_key, tmp_path):
+    from banger.hypervisor.vm import GuestNetwork
+
+    net = tmp_path / "sys-class-net"
+    for nic in ("lo", "eth0"):
+        (net / nic).mkdir(parents=True)
+    (net / "eth0/device").mkdir()
+    (net / "lo/flags").write_text("0x9\n")
+    fake_tool(sandbox_bin, "ip")
+    private, public = host_key
+    data = ga.resume_message("br-1", VM_ID, USER_KEY, private, public, clock=1.0, seed=b"\x02",
+                             network=GuestNetwork("172.30.0.7/24", "172.30.0.1", "172.30.0.1"),
+                             mac="52:54:00:ab:cd:07")
+    proc, console = resume(scripts, guest, sandbox_bin, data,
+                           {"BANGER_SYS_CLASS_NET": str(net), "BANGER_RESOLV_CONF": str(tmp_path / "resolv.conf"),
+                            "BANGER_NETWORK_ENV": str(tmp_path / "none.env")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert log(sandbox_bin, "ip").splitlines() == [
+        "link set eth0 address 52:54:00:ab:cd:07", "addr flush dev eth0", "link set eth0 up",
+        "addr replace 172.30.0.7/24 dev eth0", "route replace default via 172.30.0.1 dev eth0"]
+    assert (tmp_path / "resolv.conf").read_text() == "nameserver 172.30.0.1\n"
+    assert f"{ga.READY_PREFIX} {NEW_BOOT}" in console
+
+
+def test_a_user_network_vm_leaves_the_nic_as_it_was(scripts, sandbox_bin, guest, host_key):
+    fake_tool(sandbox_bin, "ip")
+    proc, _ = resume(scripts, guest, sandbox_bin, message(host_key))
+    assert proc.returncode == 0 and log(sandbox_bin, "ip") == ""
+
+
+def test_the_message_refuses_a_bad_mac(host_key):
+    from banger.hypervisor.vm import GuestNetwork
+
+    with pytest.raises(ga.AssetError, match="MAC address"):
+        ga.resume_message("vm", VM_ID, USER_KEY, host_key[0], host_key[1], clock=0, seed=b"x",
+                          network=GuestNetwork("172.30.0.7/24", "172.30.0.1", None), mac="52:54:00:AB:CD:07")
