@@ -135,6 +135,9 @@ def _gc(store: Store, max_size: int | None, max_age_days: float | None) -> dict:
     if damaged:  # it could reference anything (a flipped byte in a digest): only keeping all is safe
         more = f" ({len(damaged) - 1} more: `banger image list` names them)" if len(damaged) > 1 else ""
         raise CacheError(f"nothing was evicted: {damaged[0]}{more}")
+    bad_pins = pins.damaged(store.root)
+    if bad_pins:  # likewise: it may pin a running VM's backing disk
+        raise CacheError(f"nothing was evicted: {bad_pins[0]}")
     root_keys, root_digests = roots(store)
     listing = entries(store)
     candidates = sorted((e for e in listing if not e.referenced), key=lambda e: e.last_used)

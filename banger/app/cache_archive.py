@@ -21,7 +21,7 @@ from banger.app.archive_io import (ArchiveError, CappedReader, HashingReader, Si
                                    add_file, new_file, write_sparse)
 from banger.app.cache import CacheError, image_closure
 from banger.core import digest as dg
-from banger.core import images
+from banger.core import images, inflight
 from banger.core.store import TREE, ActionRecord, Store, StoreError, tree_digest
 
 DEFAULT_MAX_BYTES = 64 << 30  # decompressed archive stream; BANGER_IMPORT_MAX_BYTES overrides
@@ -98,7 +98,14 @@ class _Staged:
 
 def import_file(store: Store, src: Path, max_bytes: int | None = None) -> dict:
     """Read an export; raises CacheError (one line) and leaves the store as it was if anything in
-    the archive is refused. Returns what was imported and what was kept local instead."""
+    the archive is refused. Returns what was imported and what was kept local instead. Holds the
+    builds' lock like a build (core/inflight.py): `banger cache gc` does not evict what it brings
+    in before its image records are written."""
+    with inflight.building(store.root):
+        return _import_file(store, src, max_bytes)
+
+
+def _import_file(store: Store, src: Path, max_bytes: int | None) -> dict:
     import zstandard
 
     cap = max_import_bytes() if max_bytes is None else max_bytes

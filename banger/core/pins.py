@@ -31,16 +31,34 @@ def unpin(cache: Path, owner: str) -> None:
 
 
 def pinned(cache: Path) -> dict[str, set[str]]:
-    """{owner: digests} of the pins whose owner still exists; stale pins are removed."""
+    """{owner: digests} of the pins whose owner still exists; stale pins are removed. An
+    unreadable pin is left alone and pins nothing here: callers that evict check damaged() first."""
     out: dict[str, set[str]] = {}
     for path in sorted((Path(cache) / "pins").glob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-            digests, record = set(doc["digests"]), Path(doc["record"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # unreadable: keep the file, pin nothing (a later write repairs it)
+        doc = _read(path)
+        if doc is None:
+            continue
+        digests, record = doc
         if record.exists():
             out[path.stem] = digests
         else:
             path.unlink(missing_ok=True)
     return out
+
+
+def damaged(cache: Path) -> list[str]:
+    """One line per pin file that cannot be read: it could pin anything (e.g. a VM's rootfs)."""
+    return [f"pin {path} is damaged; delete it if {path.stem} no longer exists (a VM's pin is written "
+            f"again when it starts)" for path in sorted((Path(cache) / "pins").glob("*.json")) if _read(path) is None]
+
+
+def _read(path: Path) -> tuple[set[str], Path] | None:
+    try:
+        doc = json.loads(path.read_text())
+        digests, record = doc["digests"], doc["record"]
+        if not isinstance(record, str) or not isinstance(digests, list) or \
+                not all(isinstance(d, str) and ":" in d for d in digests):
+            return None
+        return set(digests), Path(record)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -14,7 +14,7 @@ from typing import Callable
 
 from banger.core.config import Dirs
 from banger.core.store import Store
-from banger.core import procs
+from banger.core import pins, procs
 from banger.hypervisor.backends import create as create_vm
 from banger.hypervisor.choice import choose
 from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig
@@ -39,6 +39,8 @@ def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None
     timeout = timeout or float((settings.get("boot") or {}).get("timeout", BOOT_TIMEOUT))
     vm_dir = records.vm_dir(dirs.state, record.name)
     store = Store(Path(record.cache))
+    # (again: a pin file that was lost or damaged is whole again once the VM runs)
+    pins.pin(store.root, f"vm-{record.name}", list(record.artifacts.values()), vm_dir / "vm.json")
     paths = {k: store.path(v) for k, v in record.artifacts.items()}
     choice = choose(record.backend)
     key = ensure_key(dirs.state)

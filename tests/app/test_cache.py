@@ -154,3 +154,26 @@ def test_gc_drops_a_pin_whose_record_is_gone_and_collects_its_digest(tmp_path):
     cache_ops.gc(store)
     assert not store.path(orphan).exists()
     assert not (store.root / "pins" / "vm-dev.json").exists()
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"digests": "blake3:aa", "record": 1}', b"\xff\xfe"])
+def test_gc_evicts_nothing_while_a_pin_is_unreadable(tmp_path, damage):
+    """A damaged pin could pin anything (a running VM's backing rootfs): gc keeps everything."""
+    from banger.core import pins
+
+    store = Store(tmp_path / "cache")
+    image = make_chain(store, "base", 1000)
+    rootfs = image.artifacts["rootfs"]
+    owner = tmp_path / "vms" / "dev" / "vm.json"
+    owner.parent.mkdir(parents=True)
+    owner.write_text("{}")
+    pins.pin(store.root, "vm-dev", [rootfs], owner)
+    images.remove(store, "base")
+    (store.root / "pins" / "vm-dev.json").write_bytes(damage)
+    with pytest.raises(cache_ops.CacheError, match=r"nothing was evicted: pin .*vm-dev.json is damaged") as caught:
+        cache_ops.gc(store)
+    assert "\n" not in str(caught.value)
+    assert store.path(rootfs).exists()
+    pins.pin(store.root, "vm-dev", [rootfs], owner)  # what the VM's next start does
+    cache_ops.gc(store)
+    assert store.path(rootfs).exists()
