@@ -42,7 +42,7 @@ def resume(scripts: Path, root: Path, bindir: Path, data: bytes, extra: dict | N
     channel, console, urandom = root / "channel", root / "console", root / "urandom"
     channel.write_bytes(data)
     console.write_text("")
-    for tool in ("date", "mount", "stty", "sync", "systemctl", "sleep"):
+    for tool in ("date", "mount", "stty", "sync", "systemctl", "sleep", "perl"):
         fake_tool(bindir, tool)
     env = {"PATH": str(bindir), "BANGER_ROOT": str(root), "BANGER_RESUME_CHANNEL": str(channel),
            "BANGER_SCRIPTS_DIR": str(scripts), "BANGER_URANDOM": str(urandom), "BANGER_CONSOLES": str(console),
@@ -79,6 +79,7 @@ def test_a_restored_vm_takes_the_identity_key_entropy_and_clock_the_host_sent(sc
     assert USER_KEY.split()[1] in (guest / "root/.ssh/authorized_keys").read_text()
     # entropy, clock, boot id
     assert (guest / "urandom").read_text() == "01" * 32
+    assert log(sandbox_bin, "perl").split()[-1] == str(guest / "urandom")  # RNDRESEEDCRNG on it
     assert log(sandbox_bin, "date").split() == ["-s", "@1795900000.250"]
     assert (guest / "run/banger-boot-id").read_text() == NEW_BOOT + "\n"
     assert log(sandbox_bin, "mount").split() == ["--bind", str(guest / "run/banger-boot-id"),
@@ -172,3 +173,25 @@ def test_the_message_refuses_a_bad_mac(host_key):
     with pytest.raises(ga.AssetError, match="MAC address"):
         ga.resume_message("vm", VM_ID, USER_KEY, host_key[0], host_key[1], clock=0, seed=b"x",
                           network=GuestNetwork("172.30.0.7/24", "172.30.0.1", None), mac="52:54:00:AB:CD:07")
+
+
+def test_the_reseed_ioctl_is_what_perl_runs(scripts):
+    """The perl line asks for ioctl 0x5207 (RNDRESEEDCRNG, _IO('R', 7)) on the urandom device."""
+    text = (scripts / "resume.sh").read_text()
+    assert "ioctl($f, 0x5207, 0)" in text and (ord("R") << 8 | 7) == 0x5207
+
+
+def test_the_reseed_command_really_reseeds_here_as_root_only(scripts):
+    """The script's perl line, run on this host's kernel (a reseed is harmless): it succeeds for
+    root and is refused (EPERM) for another user, as RNDRESEEDCRNG is; a wrong ioctl number
+    would fail for both or succeed for both."""
+    import re
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("perl") or not shutil.which("setpriv"):
+        pytest.skip("needs root, perl and setpriv")
+    program = re.search(r"perl -e '([^']+)'", (scripts / "resume.sh").read_text()).group(1)
+    as_root = subprocess.run(["perl", "-e", program, "/dev/urandom"], capture_output=True)
+    as_nobody = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                "perl", "-e", program, "/dev/urandom"], capture_output=True)
+    assert as_root.returncode == 0 and as_nobody.returncode != 0
