@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from banger.core import digest as dg
 from banger.core import images, inflight, pins, procs
 from banger.core.fsutil import remove_tree
+from banger.steps.snapshot import NAME as SNAPSHOT_STEP
 from banger.core.store import TREE, Store
 
 
@@ -43,10 +44,16 @@ def image_closure(store: Store, image: images.ImageRecord) -> tuple[set[str], se
 def roots(store: Store) -> tuple[set[str], set[str]]:
     keys: set[str] = set()
     digests: set[str] = set()
+    rootfs: set[str] = set()
     for image in images.all_images(store):
         k, d = image_closure(store, image)
         keys |= k
         digests |= d
+        rootfs.add(image.artifacts.get("rootfs", ""))
+    for record, _ in store.records():  # a named image's snapshots (`vm create` restores from them)
+        if record.step == SNAPSHOT_STEP and record.inputs.get("rootfs") in rootfs:
+            keys.add(record.key)
+            digests |= {d for d in _digests_in(record.outputs) if store.path(d).exists()}
     for pinned in pins.pinned(store.root).values():  # e.g. the rootfs a VM's disk is backed by
         digests |= pinned
     return keys, digests

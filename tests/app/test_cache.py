@@ -177,3 +177,25 @@ def test_gc_evicts_nothing_while_a_pin_is_unreadable(tmp_path, damage):
     pins.pin(store.root, "vm-dev", [rootfs], owner)  # what the VM's next start does
     cache_ops.gc(store)
     assert store.path(rootfs).exists()
+
+
+def test_gc_keeps_a_named_images_snapshots_and_drops_them_with_the_image(tmp_path):
+    """`vm create` restores from the snapshot step's outputs, which no image record lists: they
+    are kept while the image whose rootfs they were made from is named."""
+    store = Store(tmp_path / "cache")
+    image = make_chain(store, "base", 1000)
+    memory = store.ingest_stream([os.urandom(2000)], algorithm="blake3")
+    disk = store.ingest_stream([os.urandom(3000)], algorithm="blake3")
+    inputs = {"rootfs": image.artifacts["rootfs"]}
+    key = action_key("snapshot", "1", inputs, {"vcpus": 2}, {})
+    store.put_record(ActionRecord(key, "snapshot", "1", inputs, {"vcpus": 2}, {}, {"memory": memory, "disk": disk}))
+    stale_inputs = {"rootfs": store.ingest_stream([b"an older rootfs"], algorithm="blake3")}
+    stale_memory = store.ingest_stream([os.urandom(2000)], algorithm="blake3")
+    stale_key = action_key("snapshot", "1", stale_inputs, {}, {})
+    store.put_record(ActionRecord(stale_key, "snapshot", "1", stale_inputs, {}, {}, {"memory": stale_memory}))
+    cache_ops.gc(store)
+    assert store.path(memory).exists() and store.path(disk).exists() and store.get_record(key) is not None
+    assert not store.path(stale_memory).exists() and store.get_record(stale_key) is None
+    images.remove(store, "base")
+    cache_ops.gc(store)
+    assert not store.path(memory).exists() and store.get_record(key) is None
