@@ -136,6 +136,10 @@ def _snapshot_for(dirs: Dirs, record: VMRecord, log: Log):
     if record.backend != "qemu":
         log(f"{record.name}: booting (restoring from a snapshot needs QEMU for now)")
         return None
+    if shutil.which("zstd") is None:  # the saved memory is zstd-compressed
+        log(f"warning: `zstd` is not installed, so {record.name} boots instead of restoring from a snapshot; "
+            f"install the zstd package")
+        return None
     from banger.app import snapshot
     from banger.core.errors import BuildError
 
