@@ -59,14 +59,21 @@ class Shape:
         return asdict(self)
 
 
+# no login prompt on the serial console of a snapshot's VMs: nobody can type there (banger's
+# console is a log file), and a prompt printed just before the save would reach every restored
+# VM's console log afterwards, naming the snapshot's host
+NO_GETTY = "systemd.mask=serial-getty@ttyS0.service"
+
+
 def snapshot_cmdline(user: str = "") -> str:
     """The words after the backend's (console, root, network): a fixed identity resume.sh
-    replaces, the snapshot mode, then the boot step's and the user's (config boot.cmdline)."""
+    replaces, the snapshot mode, no serial getty, then the boot step's and the user's (config
+    boot.cmdline)."""
     from banger.rootfs import guest_assets
     from banger.steps.boot import guest_cmdline
 
     identity = guest_assets.identity_cmdline(SNAPSHOT_HOST, SNAPSHOT_ID, False)
-    return guest_cmdline(f"{identity} {guest_assets.SNAPSHOT_WORD} {user}".strip())
+    return guest_cmdline(f"{identity} {guest_assets.SNAPSHOT_WORD} {NO_GETTY} {user}".strip())
 
 
 def qemu_version(binary: str) -> str:

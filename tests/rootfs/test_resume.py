@@ -64,7 +64,9 @@ def test_a_restored_vm_takes_the_identity_key_entropy_and_clock_the_host_sent(sc
     lines = [line for line in console.splitlines() if line]
     assert lines[0] == f"{ga.SNAPSHOT_READY_PREFIX} 11111111-2222-3333-4444-555555555555"
     key_type, key_data = public.split()[:2]
-    assert lines[1:] == [f"{ga.HOSTKEY_PREFIX} {NEW_BOOT} {key_type} {key_data}", f"{ga.READY_PREFIX} {NEW_BOOT}"]
+    assert lines[1:] == ["banger-identity: added the host's key to /root/.ssh/authorized_keys",
+                         f"banger-identity: clone-2 {VM_ID}",
+                         f"{ga.HOSTKEY_PREFIX} {NEW_BOOT} {key_type} {key_data}", f"{ga.READY_PREFIX} {NEW_BOOT}"]
     # the host's key, private half 0600, and no other host key left
     ssh = guest / "etc/ssh"
     assert (ssh / "ssh_host_ed25519_key").read_bytes() == private

@@ -114,11 +114,13 @@ def test_each_vm_is_its_own_machine_and_disk(env, pair):
     assert record(env, a)["host_key"].split()[1] == keys[a]  # the key banger pinned is the guest's
     ssh(env, a, "echo kept > /root/marker && sync")
     assert ssh(env, b, "test -e /root/marker", check=False).returncode == 1
-    # the CAS image is untouched: the disks are overlays over it
-    backing = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U",
-                                         str(env["state"] / "vms" / a / "disk.qcow2")],
-                                        capture_output=True, text=True, check=True).stdout)
-    assert backing["format"] == "qcow2" and backing["backing-filename-format"] == "raw"
+    # the CAS image is untouched: the disks are overlays over it (restored VMs': over the snapshot's
+    # frozen disk layer, itself an overlay over the image)
+    chain = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", "--backing-chain",
+                                       str(env["state"] / "vms" / a / "disk.qcow2")],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert [c["format"] for c in chain] == ["qcow2", "qcow2", "raw"]
+    assert record(env, a)["snapshot"] and chain[-1]["filename"].startswith(str(env["root"] / "cache" / "blobs"))
 
 
 def test_disk_size_grows_the_disk_and_the_guest_filesystem(env, pair):
