@@ -102,8 +102,15 @@ class QemuVM(VM):
             args += ["-drive", f"file={cfg.rootfs},format=raw,if=none,id=rootfs,snapshot=on,cache=unsafe",
                      "-device", f"virtio-blk-{bus},drive=rootfs"]
         if cfg.tap is not None:
-            args += ["-netdev", f"tap,id=net0,ifname={cfg.tap.name},script=no,downscript=no",
+            # a snapshot's NIC was saved over user-mode networking: restored onto a tap, it keeps
+            # the features it had (no virtio-net header), and the saved state's user-mode network
+            # section needs a (restricted, unconnected) user-mode netdev to load into
+            restoring = cfg.incoming is not None
+            args += ["-netdev", f"tap,id=net0,ifname={cfg.tap.name},script=no,downscript=no"
+                                f"{',vnet_hdr=off' if restoring else ''}",
                      "-device", f"virtio-net-{bus},netdev=net0,mac={cfg.tap.mac}"]
+            if restoring:
+                args += ["-netdev", "user,id=saved,restrict=on"]
         elif ssh_port is not None:
             args += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                      "-device", f"virtio-net-{bus},netdev=net0"]

@@ -109,8 +109,9 @@ class Env:
 
 @pytest.fixture(scope="module")
 def br1(env):
-    out = env.banger("vm", "create", "vmtest", "--net", "bridge", "--name", "br1", *SMALL).stdout
-    assert f"ssh -F {env.ssh_config} br1.vm" in out, out
+    proc = env.banger("vm", "create", "vmtest", "--net", "bridge", "--name", "br1", *SMALL)
+    assert f"ssh -F {env.ssh_config} br1.vm" in proc.stdout, proc.stdout
+    env.created = proc.stderr
     return "br1"
 
 
@@ -131,7 +132,7 @@ def test_a_bridge_vm_is_reached_over_ssh_at_its_leased_address(env, br1):
     assert "inet 172.30.0.2/24" in shown
     # it was restored from the image's snapshot (made with user-mode networking): the NIC took the
     # lease's MAC and dropped the snapshot's address as it resumed
-    assert rec["snapshot"], "a bridge VM is restored from the image's snapshot too"
+    assert rec["snapshot"], f"a bridge VM is restored from the image's snapshot too:\n{env.created}"
     assert "10.0.2.15" not in shown
     assert f"link/ether {lease['mac']}" in env.banger("vm", "ssh", br1, "--", "ip", "-o", "link").stdout
     rows = {r["name"]: r for r in json.loads(env.banger("vm", "list", "--json").stdout)}
