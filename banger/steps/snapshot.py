@@ -76,6 +76,23 @@ def snapshot_cmdline(user: str = "") -> str:
     return guest_cmdline(f"{identity} {guest_assets.SNAPSHOT_WORD} {NO_GETTY} {user}".strip())
 
 
+OLD_IMAGE = ("the image's guest agent cannot be snapshotted (an image built by an older banger); rebuild it "
+             "with `banger build`")
+
+
+def has_resume_agent(rootfs: Path) -> bool:
+    """Does the image hold resume.sh? (An image built before snapshots would boot and never
+    quiesce: better to know from its file system, in milliseconds.)"""
+    from banger.rootfs import debugfs
+    from banger.rootfs.guest_assets import SCRIPTS_DIR
+
+    try:
+        blocks = debugfs.run(rootfs, [f"stat {debugfs.quote(f'{SCRIPTS_DIR}/resume.sh')}"])
+    except debugfs.DebugfsError as exc:
+        raise BuildError(f"cannot read the image's file system: {exc}") from None
+    return not any("File not found" in line for line in blocks[0].output)
+
+
 def qemu_version(binary: str) -> str:
     proc = subprocess.run([binary, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           preexec_fn=procs.dies_with_parent())
@@ -93,6 +110,8 @@ def take(paths: dict[str, Path], shape: Shape, cmdline: str, stage: Path, dirs: 
     from banger.hypervisor.choice import choose
     from banger.hypervisor.vm import VMConfig, VMError, new_run_dir
 
+    if not has_resume_agent(paths["rootfs"]):
+        raise BuildError(OLD_IMAGE)
     choice = choose(shape.backend)
     if (choice.backend, choice.accel, choice.machine) != (shape.backend, shape.accel, shape.machine):
         raise BuildError(f"this host runs {choice.backend}/{choice.accel}/{choice.machine}, not the snapshot's "
@@ -111,8 +130,7 @@ def take(paths: dict[str, Path], shape: Shape, cmdline: str, stage: Path, dirs: 
         line = vm.wait_for_console_line(READY_PATTERN, timeout=timeout,
                                         what="BANGER_SNAPSHOT_READY (the guest's quiesce line)")
         if "SNAPSHOT" not in line:
-            raise BuildError("the image's guest agent cannot be snapshotted (an image built by an older "
-                             "banger); rebuild it with `banger build`")
+            raise BuildError(OLD_IMAGE)
         booted = time.monotonic()
         try:
             qmp.save_state(run_dir / "qmp.sock", f"exec:cat > {shlex.quote(str(memory))}", timeout=timeout)
