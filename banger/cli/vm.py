@@ -74,6 +74,8 @@ def _show(record, as_json: bool, created: bool = False) -> None:
              f"hardware: {record.vcpus} vCPU, {record.memory_mib} MiB, disk {record.disk_size // 2**20} MiB, "
              f"{record.backend}" + (f"/{record.accel}/{record.machine}" if record.accel else ""),
              f"network:  {record.net}" + (f", {row['address']}" if row["address"] else "")]
+    if record.snapshot:
+        lines += [f"started:  restored from snapshot {record.snapshot[:12]} (its disk layer stays under this VM's)"]
     if row["state"] == "running":
         lines += [f"ssh:      {row['ssh']}   (or: banger vm ssh {record.name})"]
     elif created:
