@@ -8,6 +8,7 @@ line and the VM boots cold.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -110,3 +111,22 @@ def test_a_truncated_memory_file_is_dropped_and_the_vm_boots_cold(env):
     assert not (cache / "actions" / snap_key[:2] / f"{snap_key}.json").exists()  # dropped
     assert guest_assets.SNAPSHOT_WORD not in ssh(env, "snap-v", "cat /proc/cmdline").stdout
     banger(env["vars"], "vm", "rm", "--force", "snap-u", "snap-v")
+
+
+def test_a_snapshot_qemu_cannot_load_is_dropped_and_the_vm_boots_cold(env, tmp_path):
+    """Here a `zstd` that fails stands in for a state QEMU cannot read (another QEMU's, a damaged
+    stream past its checksum): QEMU's load fails, banger says so in one line and boots cold."""
+    banger(env["vars"], "vm", "create", "vmtest", "--name", "snap-w", *SHAPE, timeout=900)  # a snapshot exists
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "zstd").write_text("#!/bin/sh\necho 'zstd: broken on purpose' >&2\nexit 1\n")
+    (fake / "zstd").chmod(0o755)
+    broken = {**env["vars"], "PATH": f"{fake}:{os.environ['PATH']}"}
+    proc = banger(broken, "vm", "create", "vmtest", "--name", "snap-x", *SHAPE, timeout=900)
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and re.search(r"did not restore .*load.*dropped it, booting snap-x cold", warnings[0]), \
+        proc.stderr
+    rec = record(env, "snap-x")
+    assert rec["snapshot"] == "" and rec["state"] == "running" and "snapshot-disk" not in rec["artifacts"]
+    assert ssh(env, "snap-x", "hostname").stdout.strip() == "snap-x"
+    banger(env["vars"], "vm", "rm", "--force", "snap-w", "snap-x")
