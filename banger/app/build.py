@@ -8,7 +8,7 @@ from typing import Callable
 from banger.engine import doit_runner
 from banger.core import images, inflight, procs
 from banger.steps import pipeline
-from banger.core.config import Dirs
+from banger.core.config import Dirs, keep_trees
 from banger.engine.tasks import Build
 from banger.core.errors import BuildError
 from banger.engine.spec import BuildSpec
@@ -56,8 +56,8 @@ def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = No
     finally:
         for p in dep_file.parent.glob(dep_file.name + "*"):
             p.unlink(missing_ok=True)
-        build.store.evict_volatile_trees(keep=[d for r in build.records.values()
-                                               for d in r.outputs.values() if d.startswith(TREE)])
+        kept = [d for r in build.records.values() for d in r.outputs.values() if d.startswith(TREE)]
+        build.store.evict_volatile_trees(keep=kept if keep_trees(dirs) else [])
         if build.store.ram and build.store.ram.refused:
             build.log(f"warning: {build.store.ram.refused}")
     if code != 0:

@@ -11,6 +11,7 @@ from xdg import BaseDirectory
 
 CACHE_ENV = "BANGER_CACHE_DIR"
 TREES_ENV = "BANGER_TREES_DIR"  # where flattened trees go: a directory, or "cache" for the cache dir
+KEEP_TREES_ENV = "BANGER_KEEP_TREES"  # "1": a build leaves its flattened tree in RAM (config: keep_trees)
 SHM = Path("/dev/shm")
 
 
@@ -60,6 +61,19 @@ def volatile_trees_dir(cache: Path) -> Path | None:
 def _xdg(variable: str, imported: str) -> Path:
     # pyxdg reads the variables once at import; a later change (tests, embedding) must still count.
     return Path(os.environ.get(variable) or imported) / "banger"
+
+
+def keep_trees(dirs: Dirs) -> bool:
+    """Does a build leave its flattened tree in RAM afterwards? By default not: the tree only
+    feeds the ext4 step, which reruns rarely (it is remade from the cached layers then), and a
+    tmpfs tree holds RAM until reboot. $BANGER_KEEP_TREES=1 (or "keep_trees": true) keeps it."""
+    chosen = os.environ.get(KEEP_TREES_ENV)
+    if chosen is not None:
+        return chosen.strip().lower() in ("1", "yes", "true")
+    try:
+        return bool(load_config(dirs).get("keep_trees", False))
+    except Exception:  # a config error is reported where the config matters
+        return False
 
 
 def load_config(dirs: Dirs) -> dict:
