@@ -72,6 +72,14 @@ def entries(store: Store) -> list[Entry]:
     return [Entry(d, store.size_of(d), store.last_used(d), d in kept) for d in store.artifacts()]
 
 
+def usage(store: Store) -> dict:
+    """What `cache du` says: the cache's size, what named images keep, and the RAM it holds."""
+    rows = entries(store)
+    return {"total": sum(e.size for e in rows), "referenced": sum(e.size for e in rows if e.referenced),
+            "artifacts": len(rows), "path": str(store.root),
+            "ram": store.ram.used() if store.ram else 0, "ram_path": str(store.ram.root) if store.ram else None}
+
+
 def verify_all(store: Store) -> tuple[list[str], list[str]]:
     """Rehash every artifact; corrupt ones are removed (and their records with them)."""
     good, bad = [], []

@@ -26,15 +26,14 @@ def cache_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @cache_app.command("du")
 def cache_du(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Total size of the cache, and how much of it named images keep."""
-    from banger.app.cache import entries
+    """Total size of the cache, how much of it named images keep, and the RAM it holds."""
+    from banger.app.cache import usage
     from banger.core.progress import human_bytes
 
-    rows = entries(store())
-    total = sum(e.size for e in rows)
-    kept = sum(e.size for e in rows if e.referenced)
-    emit({"total": total, "referenced": kept, "artifacts": len(rows), "path": str(dirs().cache)}, as_json,
-         [f"{human_bytes(total)} in {len(rows)} artifacts ({human_bytes(kept)} kept by named images) at {dirs().cache}"])
+    u = usage(store())
+    ram = f"; {human_bytes(u['ram'])} in RAM at {u['ram_path']}" if u["ram_path"] else ""
+    emit(u, as_json, [f"{human_bytes(u['total'])} in {u['artifacts']} artifacts ({human_bytes(u['referenced'])} kept by "
+                      f"named images) at {u['path']}{ram}"])
 
 
 @cache_app.command("verify")

@@ -45,6 +45,18 @@ class RamTrees:
             return None
         return temp_dir(self.root / "staging", f"tree-{procs.owner_tag()}-")
 
+    def used(self) -> int:
+        """Bytes this cache holds in RAM (trees and staging), links not followed; 0 if the dir is
+        not ours alone."""
+        if not self.ours():
+            return 0
+        total = 0
+        for top, dirs, files in os.walk(self.root):  # os.walk does not follow links into dirs
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(top, name)).st_blocks * 512
+        return total
+
     def room(self) -> int:
         """Bytes a tree may still take here: what is free, less a quarter of the tmpfs (< 0: none)."""
         fs = os.statvfs(self.root)

@@ -24,6 +24,9 @@ def test_a_build_leaves_no_tree_in_ram_and_a_rebuild_is_still_cached(small_build
     again = run_build(spec, dirs)
     assert {s["status"] for s in again.steps} == {"cached"}  # the tree is not needed for that
     # a change that reruns ext4 remakes the tree from the cached layers
+    from banger.app.cache import usage
+
+    assert usage(Store(dirs.cache, dirs.trees))["ram"] < 64 << 10  # at most the dir's own note
     assert spec.size is None
     bigger = run_build(dataclasses.replace(spec, size=64 << 20), dirs)
     assert {s["step"]: s["status"] for s in bigger.steps}["ext4"] == "ran"
@@ -40,3 +43,6 @@ def test_banger_keep_trees_keeps_the_builds_tree(small_build, tmp_path, monkeypa
     tree = store.get_record(flatten["key"]).outputs["tree"]
     assert tree.startswith(TREE) and trees_in(tmp_path / "ram") == [tree.split(":", 1)[1]]
     assert os.path.isdir(store.path(tree))
+    from banger.app.cache import usage
+
+    assert usage(store)["ram"] > 4096 and usage(store)["ram_path"] == str(tmp_path / "ram")
