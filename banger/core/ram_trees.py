@@ -119,7 +119,7 @@ class RamTrees:
                     remove(digest)
                 evicted.append(digest)
         self.sweep_staging()
-        self._sweep_orphans()
+        self.sweep_orphans()
         return evicted
 
     def sweep_staging(self) -> None:
@@ -132,7 +132,7 @@ class RamTrees:
                 if not _alive(int(stage.name.split("-")[1])):
                     remove_tree(stage)
 
-    def _sweep_orphans(self) -> None:
+    def sweep_orphans(self) -> None:
         """RAM dirs are named <prefix>-<id of the cache dir>; a sibling whose cache dir was
         deleted would otherwise hold its RAM until the next reboot. Only real directories of
         this user's are looked into (never a symlink, never someone else's)."""

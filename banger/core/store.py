@@ -90,8 +90,9 @@ class Store:
         self._tree_files: dict[str, dict[int, tuple]] = {}  # tree digest -> files as hashed (tree_intact)
         self.damaged: dict[str, str] = {}  # action key -> why its record was removed as damaged
         remove_dead_staging(self.root / "staging")
-        if self.ram:
+        if self.ram:  # what killed builds and deleted cache dirs left in RAM goes now
             self.ram.sweep_staging()
+            self.ram.sweep_orphans()
 
     # ---- paths -------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:

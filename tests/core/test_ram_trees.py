@@ -143,3 +143,17 @@ def test_remove_tree_as_an_ordinary_user_opens_read_only_dirs_inside_only(reacha
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not top.exists() and stat.S_IMODE(home.stat().st_mode) == 0o755
+
+
+def test_any_store_opened_sweeps_the_ram_dirs_of_deleted_caches(tmp_path, ram_dir):
+    """Not only a build: opening the store (every banger command does) frees a deleted cache's RAM."""
+    ram_dir.mkdir()
+    gone_cache, kept_cache = tmp_path / "gone-cache", tmp_path / "kept-cache"
+    kept_cache.mkdir()
+    for name, cache in (("banger-0-gone", gone_cache), ("banger-0-kept", kept_cache)):
+        sibling = another_caches_trees(ram_dir / name / "trees")
+        (ram_dir / name / "cache-dir").write_text(str(cache))
+        assert sibling.is_dir()
+    Store(tmp_path / "cache", volatile=ram_dir / "banger-0-mine")
+    assert not (ram_dir / "banger-0-gone").exists()
+    assert files_under(ram_dir / "banger-0-kept")  # its cache dir still exists
