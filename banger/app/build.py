@@ -94,6 +94,11 @@ def record_image(build: Build, spec: BuildSpec) -> images.ImageRecord:
         # manifests are in the store too; gc keeps them so an offline rebuild still resolves
         extra={"index_digest": getattr(resolved, "index_digest", None)},
     )
+    try:
+        previous = images.load(build.store, record.name)
+    except images.ImageError:  # a first build, or a damaged record this build replaces
+        previous = None
+    record = images.add_build(previous, record)
     images.save(build.store, record)
     return record
 
@@ -107,6 +112,25 @@ def summary_lines(record: images.ImageRecord, store: Store) -> list[str]:
     lines.append(f"  {'total':<{width}}  {'':<6}  {total:7.2f} s")
     for name, digest in record.artifacts.items():
         lines.append(f"  {name}: {store.path(digest)}")
+    return lines
+
+
+def history_lines(record: images.ImageRecord) -> list[str]:
+    """`banger image history`: one line per kept build, oldest first, with what ran."""
+    def when(t: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    builds = record.history()
+    lines = [f"image {record.name}: {len(builds)} build(s) kept, oldest first; its artifacts were made "
+             f"{when(record.built_at)}"]
+    for b in builds:
+        steps = b["steps"]
+        ran = [x for x in steps if x.get("status") == "ran"]
+        total = sum(float(x.get("seconds", 0)) for x in steps)
+        what = (f"ran {len(ran)} of {len(steps)} steps in {total:.2f} s: "
+                + ", ".join(f"{x['step']} {float(x['seconds']):.2f} s" for x in ran)) if ran \
+            else f"all {len(steps)} steps cached ({total:.2f} s)"
+        lines.append(f"  {when(b['at'])}  {str(b.get('digest', ''))[:19]}…  {what}")
     return lines
 
 

@@ -42,6 +42,20 @@ def image_show(name: str, as_json: bool = typer.Option(False, "--json")) -> None
     emit(record.to_json(s), as_json, summary_lines(record, s))
 
 
+@image_app.command("history")
+def image_history(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The image's last builds: when, from which manifest, which steps ran and how long each took."""
+    from banger.app.build import history_lines
+    from banger.core.images import ImageError, load
+
+    try:
+        record = load(store(), name)
+    except ImageError as exc:
+        fail(str(exc))
+    emit({"image": record.name, "built_at": record.built_at, "builds": record.history()}, as_json,
+         history_lines(record))
+
+
 @image_app.command("rm")
 def image_rm(name: str) -> None:
     """Drop the name; `banger cache gc` then reclaims what nothing else references."""

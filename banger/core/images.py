@@ -30,6 +30,8 @@ class DamagedImage(ImageError):
 
 
 CHECKSUM = "checksum"  # kept in `extra` (older bangers ignore extra's keys): a digest of the rest
+HISTORY = "history"  # in `extra`: the image's last HISTORY_MAX builds, oldest first (see add_build)
+HISTORY_MAX = 20
 
 
 @dataclass
@@ -37,12 +39,20 @@ class ImageRecord:
     name: str
     ref: str
     digest: str  # manifest digest the image was built from
-    built_at: float
+    built_at: float  # when its artifacts were made (a fully cached rebuild of them keeps it)
     artifacts: dict[str, str]  # artifact name -> store digest
     steps: list[dict]  # [{"step", "status", "seconds", "key"}] of the last build
     rootfs_size: int = 0
     platform: str = ""
     extra: dict = field(default_factory=dict)
+
+    def history(self) -> list[dict]:
+        """The builds kept in `extra` that have the expected shape (a record from before history
+        was kept has none: its last build is `steps`)."""
+        kept = self.extra.get(HISTORY)
+        good = [e for e in kept if isinstance(e, dict) and isinstance(e.get("at"), (int, float))
+                and isinstance(e.get("steps"), list)] if isinstance(kept, list) else []
+        return good or [{"at": self.built_at, "digest": self.digest, "steps": self.steps}]
 
     def to_json(self, store: Store) -> dict:
         """The shape `banger build --json` and `banger image show --json` print."""
@@ -57,6 +67,20 @@ class ImageRecord:
             "steps": [{"step": s["step"], "status": s["status"], "seconds": s["seconds"]}
                       for s in self.steps],
         }
+
+
+def add_build(previous: "ImageRecord | None", new: ImageRecord) -> ImageRecord:
+    """`new` (a build's record, built_at = now) with the image's build history: the earlier
+    builds from `previous` plus this one ({at, digest, steps}), the last HISTORY_MAX kept. When
+    nothing ran and the artifacts are the ones `previous` names, built_at stays the time they
+    were made."""
+    earlier = previous.history() if previous is not None else []
+    entry = {"at": new.built_at, "digest": new.digest, "steps": [dict(s) for s in new.steps]}
+    new.extra[HISTORY] = (earlier + [entry])[-HISTORY_MAX:]
+    if previous is not None and previous.artifacts == new.artifacts \
+            and all(s["status"] == "cached" for s in new.steps):
+        new.built_at = previous.built_at
+    return new
 
 
 def _path(store: Store, name: str) -> Path:
