@@ -13,7 +13,8 @@
   a load checks what the real one would open: both files, and each saved drive's path (relative
   to its working directory), each network override naming a saved interface.
 - Run as a script (`firecracker_fake.py --api-sock PATH`) it stands in for the `firecracker`
-  binary: the guest's "serial console" is stdout, and SendCtrlAltDel ends the process. Resumed
+  binary: the guest's "serial console" is stdout (BANGER_READY after the start, or with
+  banger.snapshot=1 in the boot args BANGER_SNAPSHOT_READY), and SendCtrlAltDel ends the process. Resumed
   after a load, it plays the restored guest's resume.sh on its serial port: it reads stdin (the
   console's input) up to the host's end line, appends the bytes to $FAKE_FIRECRACKER_STDIN, and
   prints the host key line (the one the message named) and BANGER_READY.
@@ -330,6 +331,9 @@ class FakeFirecracker:
 
 def main(argv: list[str]) -> int:
     """Stand in for the firecracker binary: `--api-sock PATH`; stdout is the guest console."""
+    if "--version" in argv:
+        print(f"Firecracker v{Spec(spec_path()).doc['info']['version']}-fake")
+        return 0
     sock = argv[argv.index("--api-sock") + 1]
     fake = FakeFirecracker(Path(sock), Spec(spec_path()))
     done, resumed = threading.Event(), threading.Event()
@@ -337,8 +341,9 @@ def main(argv: list[str]) -> int:
     def on_action(action: str) -> None:
         if action == "InstanceStart":
             args = fake.state.boot_source.get("boot_args", "")
+            ready = "BANGER_SNAPSHOT_READY fake-boot" if "banger.snapshot=1" in args.split() else "BANGER_READY"
             print(f"[    0.000000] Linux version 0.0.0-fake-firecracker\n"
-                  f"[    0.000000] Command line: {args}\nBANGER_READY", flush=True)
+                  f"[    0.000000] Command line: {args}\n{ready}", flush=True)
         elif action == "SendCtrlAltDel":
             print("[   10.000000] reboot: Restarting system", flush=True)
             done.set()
