@@ -140,6 +140,7 @@ def save(files, exe, tmp_path):
     first = vm(files, exe, run_dir, disk=disk, tap=SNAP_TAP)
     with first:
         first.wait_for_console_line(r"^BANGER_SNAPSHOT_READY", timeout=20)
+        assert os.readlink(f"/proc/{first.vmm_pid}/fd/0") == str(run_dir / "console.in")  # attached: the FIFO too
         saved = first.save_machine(stage, timeout=20)
     return saved, disk
 
