@@ -23,15 +23,18 @@ from banger.hypervisor import choice as hypervisor
 from banger.hypervisor.firecracker import FirecrackerAPI, Tap
 from banger.net.settings import Lease
 from banger.rootfs import guest_assets
+from banger.rootfs.guest_assets import SCRIPTS_DIR
 from banger.steps import snapshot as step
 from banger.vm import disks, records, restore
 from banger.vm.records import VMRecord
 from tests.firecracker_fake import STDIN_ENV
 from tests.hypervisor.test_firecracker import fake_binary, spec  # noqa: F401  (fixtures)
 from tests.hypervisor.test_firecracker_kept import requests_checked, wait_for
+from tests.steps.test_snapshot import ext4_with
 
 LEASE = Lease("fc-1", "172.31.0.7/24", "172.31.0.1", "bgtfc0001", "52:54:00:ab:cd:07", "172.31.0.1")
 MiB = 1 << 20
+IMAGE_SIZE = 16 * MiB  # ext4_with's
 
 
 @pytest.fixture
@@ -42,8 +45,11 @@ def world(tmp_path, fake_binary, monkeypatch):
         d.mkdir(parents=True)
     store = Store(dirs.cache)
     artifacts = {}
-    for name, data in (("rootfs", b"an ext4 image" + bytes(MiB)), ("kernel", b"bzImage"), ("vmlinux", b"ELF"),
-                       ("initrd", b"initrd")):
+    image = tmp_path / "image"
+    image.mkdir()
+    # a real ext4 file system with resume.sh: the step checks that before it boots anything
+    artifacts["rootfs"] = store.ingest_file(ext4_with(image, {f"{SCRIPTS_DIR}/resume.sh": "#!/bin/sh\n"}))
+    for name, data in (("kernel", b"bzImage"), ("vmlinux", b"ELF"), ("initrd", b"initrd")):
         (tmp_path / name).write_bytes(data)
         artifacts[name] = store.ingest_file(tmp_path / name)
     fc = hypervisor.Choice("firecracker", "kvm", "microvm", "test", str(exe))
@@ -112,7 +118,7 @@ def test_a_firecracker_snapshot_is_taken_and_a_vm_restored_from_it(world, spec, 
     assert disk.read_bytes() == world.store.path(world.artifacts["rootfs"]).read_bytes()  # raw, the rootfs's bytes
     world.record.unlink()
 
-    rec = new_vm(world, 4 * MiB)  # larger than the image: the guest is told its disk grew
+    rec = new_vm(world, 32 * MiB)  # larger than the image: the guest is told its disk grew
     vm_dir = records.vm_dir(world.dirs.state, rec.name)
     disks.create("firecracker", disk, vm_dir / rec.disk, rec.disk_size, base_format="qcow2",
                  base_size=disk.stat().st_size)  # what lifecycle.create does with a snapshot
@@ -124,7 +130,7 @@ def test_a_firecracker_snapshot_is_taken_and_a_vm_restored_from_it(world, spec, 
         assert world.read.read_bytes() == world.sent[0]  # the guest read exactly the message
         words = world.sent[0].split(b"\n", 1)[0].decode().split()
         assert {"banger.name=fc-1", "banger.ip=172.31.0.7/24", "banger.mac=52:54:00:ab:cd:07",
-                f"banger.disk_sectors={4 * MiB // 512}"} <= set(words)
+                f"banger.disk_sectors={32 * MiB // 512}"} <= set(words)
         assert not (vm_dir / "memory.bin").exists()  # mapped by Firecracker, then removed
     finally:
         if (vm_dir / "api.sock").exists():  # the VM runs detached: end it
@@ -147,7 +153,7 @@ def test_a_state_firecracker_refuses_is_unusable_and_leaves_nothing_running(worl
     state.write_bytes(b"x" * state.stat().st_size)
     # damage that stat() cannot see (bit rot): the store's quick check trusts it, Firecracker's load refuses it
     world.store._stamp(snap.outputs["vmstate"]).write_text(world.store._stat_key(state))
-    rec = new_vm(world, MiB + 13)
+    rec = new_vm(world, IMAGE_SIZE)
     vm_dir = records.vm_dir(world.dirs.state, rec.name)
     disks.create("firecracker", world.store.path(snap.outputs["disk"]), vm_dir / rec.disk, rec.disk_size)
     with pytest.raises(restore.SnapshotUnusable) as caught:
@@ -167,7 +173,7 @@ def test_a_damaged_memory_file_is_unusable_before_anything_starts(world):
     data = bytearray(memory.read_bytes())
     data[len(data) // 2] ^= 0xFF
     memory.write_bytes(bytes(data))
-    rec = new_vm(world, MiB + 13)
+    rec = new_vm(world, IMAGE_SIZE)
     with pytest.raises(restore.SnapshotUnusable, match="damaged or gone"):
         restore.restore(world.dirs, rec, snap)
     assert world.leases == [] and not (records.vm_dir(world.dirs.state, rec.name) / "memory.bin").exists()
@@ -177,7 +183,7 @@ def test_vm_create_uses_a_firecracker_snapshot_for_a_bridge_vm(world, monkeypatc
     from banger.vm import lifecycle
 
     monkeypatch.setattr(lifecycle, "choose", lambda backend="auto": world.choice)
-    snap = lifecycle._snapshot_for(world.dirs, new_vm(world, MiB + 13), lambda m: None)
+    snap = lifecycle._snapshot_for(world.dirs, new_vm(world, IMAGE_SIZE), lambda m: None)
     assert snap is not None and snap.outputs.keys() == {"disk", "memory", "vmstate"}
     assert {k: snap.params[k] for k in ("backend", "net", "vcpus", "memory_mib")} == {
         "backend": "firecracker", "net": "tap", "vcpus": 1, "memory_mib": 256}
