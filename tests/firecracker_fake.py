@@ -6,9 +6,18 @@
   `additionalProperties: true`).
 - `FakeFirecracker` serves that API on a unix socket from a thread, records every request,
   answers 204 / 200 / 400 {"fault_message"} like the real one, and enforces the pre-boot rules
-  banger depends on (kernel before InstanceStart, no pre-boot calls after it, paths exist).
+  banger depends on (kernel before InstanceStart, no pre-boot calls after it, paths exist) and
+  the snapshot ones: pause/resume only after the start, a snapshot only of a paused microVM,
+  a load only into a fresh process (nothing but the logger configured). Its "snapshot" is a
+  JSON file of the configuration (drives, network interfaces, machine) and a sparse memory file;
+  a load checks what the real one would open: both files, and each saved drive's path (relative
+  to its working directory), each network override naming a saved interface.
 - Run as a script (`firecracker_fake.py --api-sock PATH`) it stands in for the `firecracker`
-  binary: the guest's "serial console" is stdout, and SendCtrlAltDel ends the process.
+  binary: the guest's "serial console" is stdout (BANGER_READY after the start, or with
+  banger.snapshot=1 in the boot args BANGER_SNAPSHOT_READY), and SendCtrlAltDel ends the process. Resumed
+  after a load, it plays the restored guest's resume.sh on its serial port: it reads stdin (the
+  console's input) up to the host's end line, appends the bytes to $FAKE_FIRECRACKER_STDIN, and
+  prints the host key line (the one the message named) and BANGER_READY.
 """
 from __future__ import annotations
 
@@ -27,8 +36,11 @@ import yaml
 
 SPEC_ENV = "BANGER_FIRECRACKER_SPEC"
 RECORD_ENV = "FAKE_FIRECRACKER_RECORD"
+STDIN_ENV = "FAKE_FIRECRACKER_STDIN"
 PRE_BOOT_ONLY = {"/boot-source", "/drives/{drive_id}", "/machine-config", "/network-interfaces/{iface_id}",
-                 "/vsock", "/logger"}
+                 "/vsock", "/logger", "/snapshot/load"}
+NOT_AFTER_START = "The requested operation is not supported after starting the microVM."
+NOT_BEFORE_START = "The requested operation is not supported before starting the microVM."
 
 
 def spec_path() -> Path:
@@ -138,6 +150,9 @@ class FakeState:
     violations: list[str] = field(default_factory=list)
     started: bool = False
     boot_source: dict | None = None
+    paused: bool = False
+    restored: bool = False  # started by /snapshot/load
+    config: dict = field(default_factory=dict)  # template -> {id: body} of what was configured
     fail: dict[str, str] = field(default_factory=dict)  # template -> fault message to answer with
     on_action: Any = None  # callable(action_type) for the binary mode
     record_path: str | None = None  # append each request as a JSON line (binary mode)
@@ -189,6 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:  # the action happened whether or not the client stayed for the answer
             if status == 204 and template == "/actions" and state.on_action:
                 state.on_action(body["action_type"])
+            if status == 204 and template == "/vm" and state.on_action:
+                state.on_action(body["state"])
 
     def _behave(self, template: str, body: Any) -> tuple[int, str | None, Any]:
         """What the real Firecracker does for the requests banger sends."""
@@ -198,13 +215,29 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET" and template == "/":
             return 200, None, {"app_name": "Firecracker", "id": "anonymous-instance",
                                "state": "Running" if state.started else "Not started", "vmm_version": "fake"}
-        if state.started and template in PRE_BOOT_ONLY:
-            return 400, "The requested operation is not supported after starting the microVM.", None
-        for key in ("kernel_image_path", "initrd_path", "path_on_host", "log_path"):
-            if isinstance(body, dict) and key in body and not os.path.exists(body[key]):
+        if state.started and template in PRE_BOOT_ONLY and self.command == "PUT":
+            return 400, NOT_AFTER_START, None
+        for key in ("kernel_image_path", "initrd_path", "path_on_host", "log_path", "snapshot_path"):
+            if isinstance(body, dict) and key in body and not os.path.exists(body[key]) \
+                    and template != "/snapshot/create":
                 return 400, f"Cannot open {body[key]}: No such file or directory (os error 2)", None
         if template.startswith("/drives/") and body["drive_id"] != self.path.rsplit("/", 1)[1]:
             return 400, "The id from the path does not match the id from the body!", None
+        if template in ("/vm", "/snapshot/create") or (template.startswith("/drives/") and self.command == "PATCH"):
+            if not state.started:
+                return 400, NOT_BEFORE_START, None
+        if template.startswith("/drives/") and self.command == "PATCH":
+            if body["drive_id"] not in state.config.get("/drives/{drive_id}", {}):
+                return 400, f"Could not find block device with id {body['drive_id']}", None
+        if template == "/vm":
+            state.paused = body["state"] == "Paused"
+        if template == "/snapshot/create":
+            return _create_snapshot(state, body)
+        if template == "/snapshot/load":
+            return _load_snapshot(state, body)
+        if template in PRE_BOOT_ONLY and template != "/logger":
+            key = (body.get("drive_id") or body.get("iface_id") or "") if isinstance(body, dict) else ""
+            state.config.setdefault(template, {})[key] = body
         if template == "/boot-source":
             state.boot_source = body
         if template == "/actions":
@@ -220,6 +253,50 @@ class _Handler(BaseHTTPRequestHandler):
         return 204, None, None
 
     do_GET = do_PUT = do_PATCH = _handle
+
+
+def _create_snapshot(state: FakeState, body: dict) -> tuple[int, str | None, Any]:
+    if not state.paused:
+        return 400, "Cannot create a snapshot of a microVM that is not paused.", None
+    for key in ("snapshot_path", "mem_file_path"):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(body[key]))):
+            return 400, f"Cannot create {body[key]}: No such file or directory (os error 2)", None
+    machine = state.config.get("/machine-config", {}).get("", {})
+    with open(body["snapshot_path"], "w") as f:
+        json.dump({"fake_firecracker_snapshot": 1, "boot_source": state.boot_source, "config": state.config}, f)
+    with open(body["mem_file_path"], "wb") as f:  # the guest's RAM: a marker, the rest zero pages
+        f.write(b"fake guest memory\n")
+        f.truncate(int(machine.get("mem_size_mib", 128)) << 20)
+    return 204, None, None
+
+
+def _load_snapshot(state: FakeState, body: dict) -> tuple[int, str | None, Any]:
+    if state.config:
+        return 400, ("Loading a microVM snapshot not allowed after configuring boot-specific resources."), None
+    if ("mem_backend" in body) == ("mem_file_path" in body):
+        return 400, "Either mem_backend or mem_file_path must be specified, not both.", None
+    memory = body["mem_backend"]["backend_path"] if "mem_backend" in body else body["mem_file_path"]
+    if "mem_backend" in body and body["mem_backend"]["backend_type"] != "File":
+        return 400, "the fake serves no UFFD memory backend", None
+    if not os.path.exists(memory):
+        return 400, f"Cannot open the memory file {memory}: No such file or directory (os error 2)", None
+    try:
+        with open(body["snapshot_path"]) as f:
+            saved = json.load(f)
+        assert saved.get("fake_firecracker_snapshot") == 1
+    except (ValueError, AssertionError):
+        return 400, "Cannot deserialize the microVM state: not a snapshot", None
+    for drive in saved["config"].get("/drives/{drive_id}", {}).values():
+        if not os.path.exists(drive["path_on_host"]):
+            return 400, f"Cannot open {drive['path_on_host']}: No such file or directory (os error 2)", None
+    saved_ifaces = saved["config"].get("/network-interfaces/{iface_id}", {})
+    for override in body.get("network_overrides", []):
+        if override["iface_id"] not in saved_ifaces:
+            return 400, f"Invalid network override: no interface {override['iface_id']!r} in the snapshot", None
+        saved_ifaces[override["iface_id"]]["host_dev_name"] = override["host_dev_name"]
+    state.config, state.boot_source = saved["config"], saved["boot_source"]
+    state.started, state.restored, state.paused = True, True, not body.get("resume_vm", False)
+    return 204, None, None
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -254,18 +331,40 @@ class FakeFirecracker:
 
 def main(argv: list[str]) -> int:
     """Stand in for the firecracker binary: `--api-sock PATH`; stdout is the guest console."""
+    if "--version" in argv:
+        print(f"Firecracker v{Spec(spec_path()).doc['info']['version']}-fake")
+        return 0
     sock = argv[argv.index("--api-sock") + 1]
     fake = FakeFirecracker(Path(sock), Spec(spec_path()))
-    done = threading.Event()
+    done, resumed = threading.Event(), threading.Event()
 
     def on_action(action: str) -> None:
         if action == "InstanceStart":
             args = fake.state.boot_source.get("boot_args", "")
+            ready = "BANGER_SNAPSHOT_READY fake-boot" if "banger.snapshot=1" in args.split() else "BANGER_READY"
             print(f"[    0.000000] Linux version 0.0.0-fake-firecracker\n"
-                  f"[    0.000000] Command line: {args}\nBANGER_READY", flush=True)
+                  f"[    0.000000] Command line: {args}\n{ready}", flush=True)
         elif action == "SendCtrlAltDel":
             print("[   10.000000] reboot: Restarting system", flush=True)
             done.set()
+        elif action == "Resumed" and fake.state.restored and not resumed.is_set():
+            resumed.set()
+            threading.Thread(target=play_resume, daemon=True).start()
+
+    def play_resume() -> None:
+        """resume.sh's part: read the host's message from the serial input, announce the VM."""
+        got = b""
+        while not got.endswith(b"\nBANGER_RESUME_END\n"):
+            chunk = os.read(0, 4096)
+            if not chunk:
+                return
+            got += chunk
+        if os.environ.get(STDIN_ENV):
+            with open(os.environ[STDIN_ENV], "ab") as f:
+                f.write(got)
+        words = got.split(b"\n", 1)[0].decode().split()
+        key = next((w.split("=", 1)[1] for w in words if w.startswith("banger.hostkey=")), "none:none")
+        print(f"BANGER_HOSTKEY fake-boot {key.replace(':', ' ', 1)}\nBANGER_READY fake-boot", flush=True)
 
     fake.state.on_action = on_action
     fake.state.record_path = os.environ.get(RECORD_ENV)

@@ -29,7 +29,7 @@ def ensure(dirs: Dirs, artifacts: dict[str, str], shape: Shape,
     build.context["dirs"] = dirs
     user = str((load_config(dirs).get("boot") or {}).get("cmdline", ""))
     inputs = {k: artifacts[k] for k in ("rootfs", "kernel", "initrd", "vmlinux") if k in artifacts}
-    task = step.snapshot_task(build, lambda: dict(inputs), shape, step.snapshot_cmdline(user))
+    task = step.snapshot_task(build, lambda: dict(inputs), shape, step.snapshot_cmdline(user, shape.backend))
     key = build.steps[step.NAME].key()
     found = build.store.get_record(key)
     if found is not None and not build.store.record_valid(found):  # a damaged output is removed
@@ -52,8 +52,11 @@ def ensure(dirs: Dirs, artifacts: dict[str, str], shape: Shape,
 
 
 def drop(dirs: Dirs, record: ActionRecord) -> None:
-    """Forget a snapshot that did not restore: its record and its memory file. Its disk layer
-    stays until `banger cache gc` (VMs restored earlier may run on it; their pins keep it)."""
+    """Forget a snapshot that did not restore: its record and its memory file (and Firecracker's
+    state file). Its disk layer stays until `banger cache gc` (VMs restored earlier may run on it;
+    their pins keep it)."""
     store = Store(dirs.cache, dirs.trees)
     store.remove_record(record.key)
-    store.remove(record.outputs["memory"])
+    for role in ("memory", "vmstate"):
+        if role in record.outputs:
+            store.remove(record.outputs[role])

@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -111,6 +112,36 @@ class FirecrackerAPI:
 
     def send_ctrl_alt_del(self) -> None:
         self.action("SendCtrlAltDel")
+
+    # ---- snapshots -------------------------------------------------------------------------------------
+    def patch_vm(self, state: str) -> None:
+        self.request("PATCH", "/vm", {"state": state})
+
+    def pause(self) -> None:
+        self.patch_vm("Paused")
+
+    def resume(self) -> None:
+        self.patch_vm("Resumed")
+
+    def create_snapshot(self, snapshot_path: Path, mem_file_path: Path) -> None:
+        """A full snapshot of the paused microVM: its state to snapshot_path, its memory to
+        mem_file_path (post-boot, paused only)."""
+        self.request("PUT", "/snapshot/create", {"snapshot_type": "Full", "snapshot_path": str(snapshot_path),
+                                                 "mem_file_path": str(mem_file_path)})
+
+    def load_snapshot(self, snapshot_path: Path, mem_file_path: Path, tap: str | None = None) -> None:
+        """Load a full snapshot into a fresh Firecracker (nothing but the logger configured), paused;
+        `tap`: the host device eth0 now uses (the saved one's belonged to the snapshot VM)."""
+        body: dict[str, Any] = {"snapshot_path": str(snapshot_path),
+                                "mem_backend": {"backend_type": "File", "backend_path": str(mem_file_path)},
+                                "enable_diff_snapshots": False, "resume_vm": False}
+        if tap is not None:
+            body["network_overrides"] = [{"iface_id": "eth0", "host_dev_name": tap}]
+        self.request("PUT", "/snapshot/load", body)
+
+    def patch_drive(self, drive_id: str, path: Path) -> None:
+        """Post-boot: reopen the drive's file; the guest is told its (new) size."""
+        self.request("PATCH", f"/drives/{drive_id}", {"drive_id": drive_id, "path_on_host": str(path)})
 
     def describe_instance(self) -> dict:
         return self.request("GET", "/")
@@ -236,14 +267,32 @@ class FirecrackerVM(VM):
         if cfg.disk is None and cfg.rootfs is not None:
             fsutil.copy_sparse(cfg.rootfs, self.disk)  # Firecracker writes to its disk
         self.firecracker_log.touch()  # Firecracker's logger does not create its file
-        with open(self.console_log, "ab") as console:  # the guest's serial console is stdout
-            # relative to the run dir Firecracker runs in: unix socket paths are limited to 108 bytes
-            self._spawn([self.choice.binary, "--api-sock", self.api_socket.name], stdout=console)
+        stdin = None
+        if cfg.resume_fifo is not None:  # the serial port's input: a fresh FIFO, held open read-write
+            cfg.resume_fifo.unlink(missing_ok=True)  # (by Firecracker too: it never blocks or ends)
+            os.mkfifo(cfg.resume_fifo, 0o600)
+            stdin = os.open(cfg.resume_fifo, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            with open(self.console_log, "ab") as console:  # the guest's serial console is stdout
+                # relative to the run dir Firecracker runs in: unix socket paths are limited to 108 bytes
+                self._spawn([self.choice.binary, "--api-sock", self.api_socket.name], stdout=console, stdin=stdin)
+        finally:
+            if stdin is not None:
+                os.close(stdin)
         self._wait_for_api()
-        self.configure(kernel)
-        self.api.instance_start()
+        if cfg.restore_state is not None:  # a saved microVM: it loads paused (resume_guest lets it run)
+            self.api.put_logger(self.firecracker_log)
+            self.api.load_snapshot(cfg.restore_state, cfg.restore_memory, cfg.tap.name if cfg.tap else None)
+        else:
+            self.configure(kernel)
+            self.api.instance_start()
         if self.network is not None:
             self._ssh = (self.network.address.split("/")[0], 22)
+
+    def _disk_path(self) -> Path:
+        if self.config.portable_disk and self.disk.parent == self.run_dir:
+            return Path(self.disk.name)  # Firecracker runs in the run dir
+        return self.disk
 
     def configure(self, kernel: Path) -> None:
         """Every pre-boot request, in order (the contract test checks each against the spec)."""
@@ -252,7 +301,7 @@ class FirecrackerVM(VM):
         self.api.put_machine_config(cfg.vcpus, cfg.memory_mib)
         self.api.put_boot_source(kernel, self.boot_args(), cfg.initrd)
         if cfg.rootfs is not None or cfg.disk is not None:
-            self.api.put_drive("rootfs", self.disk, root=True)
+            self.api.put_drive("rootfs", self._disk_path(), root=True)
         if cfg.tap is not None:
             self.api.put_network_interface("eth0", cfg.tap.name, cfg.tap.mac)
         elif self.tap is not None:
@@ -277,11 +326,47 @@ class FirecrackerVM(VM):
                 self.api.send_ctrl_alt_del()
         return self.wait_exit(timeout)
 
+    # ---- snapshots: the API, and the serial port's input as the resume channel ---------------
+    def save_machine(self, stage: Path, timeout: float) -> dict[str, Path]:
+        """Pause, then a full snapshot (memory and microVM state) into stage; stop() ends it (its
+        disk file was written through: there is no cache to flush)."""
+        memory, vmstate = stage / "memory.bin", stage / "vmstate.bin"
+        try:
+            self.api.pause()
+            FirecrackerAPI(self.api_socket, timeout=max(API_TIMEOUT, timeout)).create_snapshot(vmstate, memory)
+        except FirecrackerError as exc:
+            raise self.failure(str(exc)) from None
+        for path in (memory, vmstate):
+            if not path.is_file() or path.stat().st_size == 0:
+                raise VMError(f"Firecracker saved no {path.name}; see {self.firecracker_log}")
+        return {"memory": memory, "vmstate": vmstate}
+
+    def wait_loaded(self, timeout: float) -> None:
+        """/snapshot/load answered when the state was loaded (in _launch)."""
+
+    def resume_guest(self, grow_to: int | None = None) -> None:
+        self.api.resume()
+        if grow_to is not None:  # the disk file is already that size: reopening it notifies the guest
+            self.api.patch_drive("rootfs", self._disk_path())
+
+    def send_resume(self, message: bytes):
+        """Into the FIFO that is Firecracker's stdin (the guest reads it on ttyS0)."""
+        fd = os.open(self.config.resume_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # ENXIO: no reader
+        os.set_blocking(fd, True)
+        channel = os.fdopen(fd, "wb", buffering=0)
+        try:
+            channel.write(message)
+        except OSError:
+            channel.close()
+            raise
+        return channel
+
     def _cleanup(self) -> None:
         if self.tap is not None:
             self.tap.delete()
         kept_disk = self.config.disk is not None  # the VM's own disk outlives each boot
-        for path in (self.api_socket, self.vsock_socket) + (() if kept_disk else (self.disk,)):
+        fifo = (self.config.resume_fifo,) if self.config.resume_fifo is not None else ()
+        for path in (self.api_socket, self.vsock_socket) + fifo + (() if kept_disk else (self.disk,)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         for stray in self.run_dir.glob(f"{self.vsock_socket.name}_*"):  # guest-initiated vsock sockets

@@ -1,7 +1,7 @@
 """The keeper: a tiny parent for one long-lived VMM, so the VM outlives `banger` but never a
 `banger vm create` that dies before the VM is ready.
 
-    python -I -S keeper.py EXIT_FILE REPORT_FD -- VMM-ARGV...
+    python -I -S keeper.py EXIT_FILE REPORT_FD [--stdin-fd FD] -- VMM-ARGV...
 
 It is run as a file with the standard library only (no site-packages: ~10 MB, starts in ~20 ms).
   - fd 0 is the leash, a pipe from the banger process that starts the VM. Until banger writes
@@ -12,7 +12,8 @@ It is run as a file with the standard library only (no site-packages: ~10 MB, st
     its keeper; the keeper forwards SIGTERM/SIGHUP/SIGINT to the VMM as SIGTERM.
   - When the VMM exits, the keeper writes EXIT_FILE atomically: {"pid", "returncode" (negative: the
     signal), "detached", "at"}; banger reads it to tell a clean power-off from a crash.
-The VMM's stdout/stderr are the keeper's (the console or VMM log files banger opened).
+The VMM's stdout/stderr are the keeper's (the console or VMM log files banger opened); its stdin is
+/dev/null, or FD with --stdin-fd (Firecracker's serial input: a FIFO, the guest's resume channel).
 """
 import ctypes
 import json
@@ -28,8 +29,11 @@ LEASH_FD = 0
 
 
 def main(argv: list[str]) -> int:
+    stdin_fd = None
+    if len(argv) > 5 and argv[3] == "--stdin-fd" and argv[4].isdigit():
+        stdin_fd, argv = int(argv[4]), argv[:3] + argv[5:]
     if len(argv) < 5 or argv[3] != "--" or not argv[2].isdigit():
-        sys.stderr.write("usage: keeper.py EXIT_FILE REPORT_FD -- VMM-ARGV...\n")
+        sys.stderr.write("usage: keeper.py EXIT_FILE REPORT_FD [--stdin-fd FD] -- VMM-ARGV...\n")
         return 2
     exit_file, report_fd, vmm_argv = argv[1], int(argv[2]), argv[4:]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -40,8 +44,10 @@ def main(argv: list[str]) -> int:
         if os.getppid() != keeper:
             os._exit(1)
 
-    vmm = subprocess.Popen(vmm_argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_keeper, close_fds=True,
-                           pass_fds=())
+    vmm = subprocess.Popen(vmm_argv, stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
+                           preexec_fn=die_with_keeper, close_fds=True, pass_fds=())
+    if stdin_fd is not None:
+        os.close(stdin_fd)  # the VMM's now
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: _signal(vmm, signal.SIGTERM))
     try:

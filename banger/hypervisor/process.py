@@ -19,10 +19,11 @@ from banger.core.procs import dies_with_parent
 KEEPER = Path(__file__).with_name("keeper.py")
 
 
-def spawn_attached(argv: Sequence[str], *, stdout, stderr, env: dict | None, cwd: Path) -> subprocess.Popen:
+def spawn_attached(argv: Sequence[str], *, stdout, stderr, env: dict | None, cwd: Path,
+                   stdin: int | None = None) -> subprocess.Popen:
     """The VMM in its own session (a Ctrl-C at the terminal reaches banger, not the VMM), killed
-    by the kernel if banger dies."""
-    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+    by the kernel if banger dies. Its stdin: the file descriptor `stdin`, else /dev/null."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=stdout, stderr=stderr,
                             start_new_session=True, preexec_fn=dies_with_parent(), env=env, cwd=cwd)
 
 
@@ -41,16 +42,19 @@ class Kept:
             self.leash = None
 
 
-def spawn_kept(argv: Sequence[str], *, exit_file: Path, stdout, stderr, env: dict | None, cwd: Path) -> Kept:
-    """The VMM under the keeper. Until detach(), closing the leash (or this process dying) kills it."""
+def spawn_kept(argv: Sequence[str], *, exit_file: Path, stdout, stderr, env: dict | None, cwd: Path,
+               stdin: int | None = None) -> Kept:
+    """The VMM under the keeper. Until detach(), closing the leash (or this process dying) kills it.
+    The VMM's stdin: the file descriptor `stdin` (handed to the keeper), else /dev/null."""
     leash_r, leash_w = os.pipe()
     report_r, report_w = os.pipe()
     os.set_inheritable(leash_w, False)
+    given = () if stdin is None else ("--stdin-fd", str(stdin))
     try:
         keeper = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(KEEPER), str(exit_file), str(report_w), "--", *argv],
+            [sys.executable, "-I", "-S", str(KEEPER), str(exit_file), str(report_w), *given, "--", *argv],
             stdin=leash_r, stdout=stdout, stderr=stderr, start_new_session=True, env=env, cwd=cwd,
-            pass_fds=(report_w,))
+            pass_fds=(report_w,) + (() if stdin is None else (stdin,)))
     except BaseException:
         for fd in (leash_r, leash_w, report_r, report_w):
             os.close(fd)

@@ -8,12 +8,16 @@ User-mode networking forwards a free 127.0.0.1 port to the guest's port 22.
 from __future__ import annotations
 
 import os
+import shlex
+import socket
 import struct
 import time
 from pathlib import Path
 
+from banger.core import fsutil
+from banger.hypervisor import qmp
 from banger.hypervisor.ports import free_port, port_is_free, port_listening
-from banger.hypervisor.vm import VM, GuestNetwork
+from banger.hypervisor.vm import VM, GuestNetwork, VMError, tail_lines
 
 # QEMU's user-mode network (slirp) defaults
 USER_NET = GuestNetwork(address="10.0.2.15/24", gateway="10.0.2.2", dns="10.0.2.3")
@@ -37,6 +41,7 @@ TCG_PC_CMDLINE = "pci=noacpi"
 TCG_TB_MIB = 128
 PORT_ATTEMPTS = 3
 HOSTFWD_FAILED = "Could not set up host forwarding rule"
+DISK_DEVICE = "rootfs"  # the disk's drive id: what a restore's block_resize names
 
 
 def direct_boot_cmdline(*, rootfs: bool, network: "bool | GuestNetwork", tcg_pc_single_cpu: bool, extra: str) -> str:
@@ -163,6 +168,46 @@ class QemuVM(VM):
         for sock in (self.config.control_socket, self.config.resume_socket):
             if sock is not None:
                 sock.unlink(missing_ok=True)
+
+    # ---- snapshots: QMP, and the second serial port as the resume channel ----------------------
+    def save_machine(self, stage: Path, timeout: float) -> dict[str, Path]:
+        """QEMU's migration to a file: the stream holds RAM (without its zero pages), CPU and
+        devices; the disk was flushed when the save completed."""
+        memory = stage / "memory.bin"
+        try:
+            qmp.save_state(self.config.control_socket, f"exec:cat > {shlex.quote(str(memory))}", timeout=timeout)
+        except qmp.QMPError as exc:
+            raise self.failure(str(exc)) from None
+        qmp.command(self.config.control_socket, "quit")
+        self.wait_exit(10)
+        if not memory.is_file() or memory.stat().st_size == 0:
+            raise VMError(f"QEMU saved no state; see {self.vmm_log}")
+        return {"memory": memory}
+
+    def wait_loaded(self, timeout: float) -> None:
+        try:
+            qmp.wait_loaded(self.config.control_socket, lambda: self.running, timeout)
+        except qmp.QMPError as exc:
+            said = " ".join(tail_lines(self.vmm_log, 1))
+            raise VMError(f"{exc}{' (QEMU: ' + said + ')' if said else ''}") from None
+
+    def resume_guest(self, grow_to: int | None = None) -> None:
+        try:
+            qmp.resume(self.config.control_socket, block_resize=(DISK_DEVICE, grow_to) if grow_to else None)
+        except qmp.QMPError as exc:
+            raise VMError(str(exc)) from None
+
+    def send_resume(self, message: bytes) -> socket.socket:
+        """Over the resume socket (ttyS1); the connection stays open until the guest has read it."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with fsutil.socket_path(self.config.resume_socket) as short:
+                s.connect(short)
+            s.sendall(message)
+        except OSError:
+            s.close()
+            raise
+        return s
 
     def _wait_for_hostfwd(self, port: int, timeout: float = 10.0) -> bool:
         """True once QEMU listens on the port; False if it exited because it could not bind it."""

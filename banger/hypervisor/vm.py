@@ -19,8 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,9 +30,8 @@ from typing import Callable, Sequence
 
 from banger.hypervisor import process
 from banger.hypervisor.choice import Choice
+from banger.hypervisor.rundir import CONSOLE_TAIL_LINES, KEEP_RUN_DIRS, new_run_dir, tail_lines  # noqa: F401
 
-CONSOLE_TAIL_LINES = 40
-KEEP_RUN_DIRS = 20  # console logs of past boot checks kept under <state>/boot-runs (VMs: <state>/vms)
 
 
 class VMError(RuntimeError):
@@ -62,9 +59,14 @@ class VMConfig:
     ssh_port: int | None = None  # loopback port to forward to the guest's sshd, when still free
     tap: "TapNIC | None" = None  # bridge networking: a tap banger prepared (instead of user-mode net)
     control_socket: Path | None = None  # QMP (QEMU) socket
-    # ---- snapshots (QEMU): the restored VM's devices must be the saved one's ----
-    resume_socket: Path | None = None  # a second serial port on this socket: the guest's resume channel
+    # ---- snapshots: the restored VM's devices must be the saved one's ----
+    resume_socket: Path | None = None  # QEMU: a second serial port on this socket: the guest's resume channel
     incoming: str | None = None  # QEMU -incoming URI: start from this saved state, paused
+    resume_fifo: Path | None = None  # Firecracker: its serial port's input (its stdin), a FIFO: the channel
+    restore_state: Path | None = None  # Firecracker: load this microVM state (paused) instead of booting
+    restore_memory: Path | None = None  # Firecracker: the guest memory file that goes with it (raw)
+    portable_disk: bool = False  # Firecracker: name the disk relative to the run dir (a snapshot of
+    # this VM then loads in any run dir whose disk has the same name)
 
 
 @dataclass(frozen=True)
@@ -85,33 +87,6 @@ class GuestNetwork:
         if self.dns:
             words.append(f"banger.dns={self.dns}")
         return " ".join(words)
-
-
-def new_run_dir(state_dir: Path) -> Path:
-    """<state>/boot-runs/<time>-<random>/, pruning the oldest ones beyond KEEP_RUN_DIRS."""
-    base = Path(state_dir) / "boot-runs"
-    base.mkdir(parents=True, exist_ok=True)
-    old = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name)
-    for stale in old[:max(0, len(old) - KEEP_RUN_DIRS + 1)]:
-        shutil.rmtree(stale, ignore_errors=True)
-    path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    path.mkdir(mode=0o700)
-    return path
-
-
-def tail_lines(path: Path, n: int = CONSOLE_TAIL_LINES) -> list[str]:
-    """The last n lines of a (possibly large) log, without reading all of it."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - 256 * 1024))
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", "replace").replace("\r", "").split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return lines[-n:]
 
 
 # ---- live VM registry, signals, exit -------------------------------------------------------------
@@ -177,7 +152,7 @@ class VM:
         self.config = dataclasses.replace(config, **{
             name: Path(os.path.abspath(getattr(config, name)))
             for name in ("kernel", "run_dir", "initrd", "rootfs", "vmlinux", "disk", "kept", "control_socket",
-                         "resume_socket")
+                         "resume_socket", "resume_fifo", "restore_state", "restore_memory")
             if getattr(config, name) is not None})
         self.run_dir = self.config.run_dir
         self.console_log = self.run_dir / "console.log"
@@ -218,16 +193,17 @@ class VM:
     def _launch(self) -> None:
         raise NotImplementedError
 
-    def _spawn(self, argv: Sequence[str], stdout, env: dict | None = None) -> subprocess.Popen:
+    def _spawn(self, argv: Sequence[str], stdout, env: dict | None = None, stdin: int | None = None) -> subprocess.Popen:
         with open(self.vmm_log, "ab") as err:
             if self.config.kept is None:
-                self.process = process.spawn_attached(argv, stdout=stdout, stderr=err, env=env, cwd=self.run_dir)
+                self.process = process.spawn_attached(argv, stdout=stdout, stderr=err, env=env, cwd=self.run_dir,
+                                                      stdin=stdin)
             else:
                 if self.kept is not None and self.kept.leash is not None:  # an earlier attempt's
                     os.close(self.kept.leash)
                 self.config.kept.unlink(missing_ok=True)
                 self.kept = process.spawn_kept(argv, exit_file=self.config.kept, stdout=stdout, stderr=err,
-                                               env=env, cwd=self.run_dir)
+                                               env=env, cwd=self.run_dir, stdin=stdin)
                 self.process = self.kept.keeper
         return self.process
 
@@ -303,6 +279,24 @@ class VM:
 
     def _cleanup(self) -> None:
         """Remove what the VM used (overlay, sockets, tap); the console and VMM logs stay."""
+
+    # ---- snapshots (steps/snapshot.py takes one, vm/restore.py starts a VM from one) ------------
+    def save_machine(self, stage: Path, timeout: float) -> dict[str, Path]:
+        """Stop the guest and save the whole machine into files in `stage`, by role ("memory",
+        Firecracker's "vmstate"); VMError (one line) when the VMM refuses."""
+        raise VMError(f"{self.backend} VMs cannot be saved")
+
+    def wait_loaded(self, timeout: float) -> None:
+        """Block until a VM started from a saved state has loaded it (it then waits, paused)."""
+        raise VMError(f"{self.backend} VMs cannot be restored")
+
+    def resume_guest(self, grow_to: int | None = None) -> None:
+        """Let a loaded VM run; with grow_to (bytes) the guest learns its disk's new size."""
+        raise VMError(f"{self.backend} VMs cannot be restored")
+
+    def send_resume(self, message: bytes):
+        """Write into the guest's resume channel (resume.sh); returns what to close() after."""
+        raise VMError(f"{self.backend} VMs have no resume channel")
 
     # ---- console ----------------------------------------------------------------------------------
     def console_tail(self, n: int = CONSOLE_TAIL_LINES) -> list[str]:

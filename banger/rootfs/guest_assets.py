@@ -46,6 +46,7 @@ SNAPSHOT_READY_PREFIX = "BANGER_SNAPSHOT_READY"  # resume.sh's line: "... <boot-
 RESUME_PREFIX = "BANGER_RESUME"  # the host's line to a restored VM, then its host key, then RESUME_END
 RESUME_END = "BANGER_RESUME_END"
 RESUME_CHANNEL = "/dev/ttyS1"  # the second serial port: QEMU's resume socket (hypervisor.qemu)
+RESUME_CHANNEL_WORD = "banger.resume_channel"  # kernel command line: another channel (resume.sh spells it)
 IDENTITY_MARKER = "/var/lib/banger/vm-id"  # the banger.id identity.sh last set up (in the guest)
 VSOCK_READY_PORT = 10789  # the agent also sends the line to host CID 2 on this port
 SCRIPTS_DIR = "/usr/lib/banger"

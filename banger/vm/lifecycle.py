@@ -133,8 +133,8 @@ def create(dirs: Dirs, opts: CreateOptions, log: Log = lambda m: None) -> VMReco
 
 def _snapshot_for(dirs: Dirs, record: VMRecord, log: Log):
     """The snapshot to restore this new VM from (made now on first use), or None: boot cold."""
-    if record.backend != "qemu":
-        log(f"{record.name}: booting (restoring from a snapshot needs QEMU for now)")
+    if record.backend not in ("qemu", "firecracker"):
+        log(f"{record.name}: booting (restoring from a snapshot needs QEMU or Firecracker)")
         return None
     if shutil.which("zstd") is None:  # the saved memory is zstd-compressed
         log(f"warning: `zstd` is not installed, so {record.name} boots instead of restoring from a snapshot; "
@@ -144,10 +144,12 @@ def _snapshot_for(dirs: Dirs, record: VMRecord, log: Log):
     from banger.core.errors import BuildError
 
     try:
-        choice = choose("qemu")
-        # the snapshot VM always has user-mode networking; a bridge VM restored from it takes its
-        # own MAC and address as it resumes, so both network modes share one snapshot
-        shape = snapshot.Shape(choice.backend, choice.accel, choice.machine, record.vcpus, record.memory_mib, "user")
+        choice = choose(record.backend)
+        # QEMU's snapshot VM always has user-mode networking, Firecracker's a tap of its own; a
+        # bridge VM restored from it takes its own MAC and address as it resumes (resume.sh), so
+        # both network modes share one QEMU snapshot (Firecracker VMs are all bridge VMs)
+        net = "user" if choice.backend == "qemu" else "tap"
+        shape = snapshot.Shape(choice.backend, choice.accel, choice.machine, record.vcpus, record.memory_mib, net)
         snap, _ = snapshot.ensure(dirs, record.artifacts, shape, log)
     except snapshot.Damaged as exc:
         log(f"warning: {exc}; dropped it, booting {record.name} cold")

@@ -1,8 +1,10 @@
 """Start a new VM from a snapshot instead of booting it (the snapshot step, steps/snapshot.py):
-QEMU loads the saved machine (paused), the VM's disk is its own qcow2 overlay on the
-snapshot's frozen disk layer, and over the guest's resume channel (resume.sh) the host sends
-this VM's identity, a new sshd host key it made (and pins), fresh entropy and the clock. Then,
-as after a boot, an SSH login proves the key, `NAME.vm` is published and the VM is detached.
+the VMM loads the saved machine (paused), the VM's disk is its own (QEMU: a qcow2 overlay on
+the snapshot's frozen disk layer; Firecracker: a copy of the snapshot's disk), and over the
+guest's resume channel (resume.sh) the host sends this VM's identity, a new sshd host key it
+made (and pins), fresh entropy and the clock. Then, as after a boot, an SSH login proves the
+key, `NAME.vm` is published and the VM is detached. What differs per backend is the VM
+classes' (save_machine, wait_loaded, resume_guest, send_resume) and _saved_state's below.
 
 Anything that goes wrong before the guest runs again (a corrupt or truncated memory file, a
 QEMU that cannot load it) or before it announces itself raises SnapshotUnusable: the caller
@@ -12,22 +14,20 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import time
 from pathlib import Path
 from typing import Callable
 
-from banger.core import fsutil, procs
+from banger.core import procs
 from banger.core.config import Dirs, load_config
 from banger.core.store import ActionRecord, Store
-from banger.hypervisor import qmp
 from banger.hypervisor.backends import create as create_vm
 from banger.hypervisor.choice import choose
-from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig, VMError, tail_lines
+from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig, VMError
 from banger.rootfs import guest_assets
 from banger.rootfs.sshkey import ensure_key, new_host_key
 from banger.steps.boot import READY_PATTERN, ssh_login
-from banger.steps.snapshot import DISK_DEVICE
+from banger.steps.snapshot import decompress_sparse
 from banger.vm import access, network, records
 from banger.vm.records import VMRecord
 
@@ -40,27 +40,34 @@ class SnapshotUnusable(RuntimeError):
 
 
 def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str], None] = lambda m: None) -> VMRecord:
-    """Start the VM (the caller holds its lock; its disk is an overlay on the snapshot's disk
-    layer) from `snap`; returns the record, saved as running."""
+    """Start the VM (the caller holds its lock; its disk was made from the snapshot's disk layer)
+    from `snap`; returns the record, saved as running."""
     vm_dir = records.vm_dir(dirs.state, record.name)
     store = Store(Path(record.cache))
     memory = snap.outputs["memory"]
-    if not store.verify(memory, full=True) or not store.verify(snap.outputs["disk"]):
+    if not store.verify(memory, full=True) or not all(store.verify(snap.outputs[k]) for k in snap.outputs
+                                                      if k != "memory"):
         raise SnapshotUnusable("the snapshot's files are damaged or gone")
     choice = choose(snap.params["backend"])
     paths = {k: store.path(v) for k, v in snap.inputs.items()}
     key = ensure_key(dirs.state)
     settings = load_config(dirs)
+    saved = _saved_state(choice.backend, store, snap, vm_dir)
     tap = None
     if record.net == "bridge":  # the saved NIC takes this VM's MAC and address (resume.sh)
-        lease = network.attach(dirs, settings, record.name)
+        try:
+            lease = network.attach(dirs, settings, record.name)
+        except BaseException:
+            if "restore_memory" in saved:
+                saved["restore_memory"].unlink(missing_ok=True)
+            raise
         tap = TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
     config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
                       disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=snap.params["memory_mib"],
                       vcpus=snap.params["vcpus"], cmdline=snap.params["cmdline"], kept=vm_dir / "exit.json",
                       ssh_port=record.ssh_port or None, tap=tap, control_socket=vm_dir / "qmp.sock",
-                      resume_socket=vm_dir / "resume.sock",
-                      incoming=f"exec:zstd -dcq -- {shlex.quote(str(store.path(memory)))}")
+                      resume_socket=vm_dir / "resume.sock", resume_fifo=vm_dir / "console.in", portable_disk=True,
+                      **saved)
     vm = create_vm(choice, config)
     record.state, record.reason, record.stop_requested = "starting", "", False
     record.accel, record.machine = choice.accel, choice.machine
@@ -69,29 +76,30 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         f"{record.vcpus} vCPU, {record.memory_mib} MiB)")
     start = time.monotonic()
     resumed = False
-    channel: socket.socket | None = None
+    channel = None
     try:
         vm.start()
+        if config.restore_memory is not None:  # Firecracker mapped it (private): the file can go
+            config.restore_memory.unlink(missing_ok=True)
         record.vmm_pid = vm.vmm_pid or 0
         record.vmm_start = procs.start_time(record.vmm_pid)
         record.console_offset = vm._console_offset
         record.address, record.ssh_port = vm.ssh_address
         records.save(dirs.state, record)
         try:
-            qmp.wait_loaded(vm_dir / "qmp.sock", lambda: vm.running, LOAD_TIMEOUT)
-        except qmp.QMPError as exc:
-            said = " ".join(tail_lines(vm.vmm_log, 1))
-            raise SnapshotUnusable(f"{exc}{' (QEMU: ' + said + ')' if said else ''}") from None
+            vm.wait_loaded(LOAD_TIMEOUT)
+        except VMError as exc:
+            raise SnapshotUnusable(str(exc)) from None
         timings = {"loaded": time.monotonic() - start}
         grow = record.disk_size > store.path(snap.inputs["rootfs"]).stat().st_size
-        qmp.resume(vm_dir / "qmp.sock", block_resize=(DISK_DEVICE, record.disk_size) if grow else None)
+        vm.resume_guest(record.disk_size if grow else None)
         resumed = True
         private, public = new_host_key()
         message = guest_assets.resume_message(record.name, record.id, key.public_line, private, public,
                                               clock=time.time(), seed=os.urandom(32),
                                               grow_to_sectors=record.disk_size // 512 if grow else None,
                                               network=tap.network if tap else None, mac=tap.mac if tap else None)
-        channel = _send(vm_dir / "resume.sock", message)
+        channel = vm.send_resume(message)
         seen: list[str] = []
         ready = vm.wait_for_console_line(READY_PATTERN, timeout=READY_TIMEOUT, seen=seen,
                                          what="BANGER_READY (the restored guest's readiness line)")
@@ -114,6 +122,8 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         vm.detach()
     except BaseException as exc:
         vm.stop()
+        if config.restore_memory is not None:
+            config.restore_memory.unlink(missing_ok=True)
         if tap is not None:
             network.release(dirs, settings, record.name)
         record.vmm_pid, record.vmm_start = 0, None
@@ -121,7 +131,7 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         record.state = "stopped" if interrupted else "crashed"
         record.reason = "interrupted while restoring" if interrupted else str(exc).splitlines()[0]
         records.save(dirs.state, record)
-        if isinstance(exc, (VMError, OSError, qmp.QMPError)) and not interrupted:
+        if isinstance(exc, (VMError, OSError)) and not interrupted:
             stage = "after it resumed" if resumed else "before it ran"
             raise SnapshotUnusable(f"the VM failed {stage}: {str(exc).splitlines()[0]}") from None
         raise
@@ -138,16 +148,17 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
     return record
 
 
-def _send(sock_path: Path, message: bytes) -> socket.socket:
-    """Write the message to QEMU's resume socket; the connection stays open until the guest has
-    read it (the caller closes it)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        with fsutil.socket_path(sock_path) as short:
-            s.connect(short)
-        s.sendall(message)
-    except OSError:
-        s.close()
-        raise
-    return s
-
+def _saved_state(backend: str, store: Store, snap: ActionRecord, vm_dir: Path) -> dict:
+    """The VMConfig fields that start this backend's VM from the snapshot's saved state: QEMU
+    reads the compressed stream itself; Firecracker maps a raw memory file (uncompressed here,
+    sparse; restore removes it once loaded) and reads its state file."""
+    memory = store.path(snap.outputs["memory"])
+    if backend == "firecracker":
+        raw = vm_dir / "memory.bin"
+        try:
+            decompress_sparse(memory, raw)
+        except Exception as exc:  # zstd's errors and a full disk alike: this snapshot cannot start this VM
+            raw.unlink(missing_ok=True)
+            raise SnapshotUnusable(f"its memory file did not decompress: {str(exc).splitlines()[0]}") from None
+        return {"restore_state": store.path(snap.outputs["vmstate"]), "restore_memory": raw}
+    return {"incoming": f"exec:zstd -dcq -- {shlex.quote(str(memory))}"}

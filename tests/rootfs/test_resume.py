@@ -197,3 +197,40 @@ def test_the_reseed_command_really_reseeds_here_as_root_only(scripts):
     as_nobody = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
                                 "perl", "-e", program, "/dev/urandom"], capture_output=True)
     assert as_root.returncode == 0 and as_nobody.returncode != 0
+
+
+def test_the_channel_named_on_the_kernel_command_line_is_read(scripts, sandbox_bin, guest, host_key):
+    """Firecracker's snapshot boot names its one serial port (banger.resume_channel=/dev/ttyS0)."""
+    (guest / "proc").mkdir(exist_ok=True)
+    named = guest / "ttyS0"
+    data = message(host_key)
+    named.write_bytes(data)
+    (guest / "proc/cmdline").write_text(f"console=ttyS0 {ga.SNAPSHOT_WORD} {ga.RESUME_CHANNEL_WORD}={named} quiet\n")
+    proc, console = resume(scripts, guest, sandbox_bin, b"", {"BANGER_RESUME_CHANNEL": ""})  # the default: empty
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (guest / "etc/hostname").read_text() == "clone-2\n"
+    assert console.splitlines()[-1] == f"{ga.READY_PREFIX} {NEW_BOOT}"
+    assert log(sandbox_bin, "stty").split() == ["raw", "-echo"]
+
+
+def test_a_named_channel_that_is_not_there_is_reported(scripts, sandbox_bin, guest):
+    (guest / "proc").mkdir(exist_ok=True)
+    (guest / "proc/cmdline").write_text(f"{ga.RESUME_CHANNEL_WORD}={guest}/no-such-dir/ttyS0\n")
+    proc, console = resume(scripts, guest, sandbox_bin, b"", {"BANGER_RESUME_CHANNEL": ""})
+    assert proc.returncode != 0 and f"{guest}/no-such-dir/ttyS0" in proc.stdout + proc.stderr
+    assert ga.SNAPSHOT_READY_PREFIX not in console
+
+
+def test_without_the_word_the_channel_is_qemus_second_serial_port(scripts):
+    text = (scripts / "resume.sh").read_text()
+    assert f"channel=${{channel:-{ga.RESUME_CHANNEL}}}" in text and ga.RESUME_CHANNEL == "/dev/ttyS1"
+    assert f"{ga.RESUME_CHANNEL_WORD}=?*)" in text  # the word the host puts on the command line
+
+
+def test_only_firecrackers_snapshot_boot_names_the_channel_and_both_mask_the_getty():
+    from banger.steps.snapshot import snapshot_cmdline
+
+    qemu, firecracker = snapshot_cmdline("quiet").split(), snapshot_cmdline("quiet", "firecracker").split()
+    assert "systemd.mask=serial-getty@ttyS0.service" in qemu and "systemd.mask=serial-getty@ttyS0.service" in firecracker
+    assert not any(w.startswith(ga.RESUME_CHANNEL_WORD) for w in qemu)  # QEMU's: the default, ttyS1
+    assert [w for w in firecracker if w not in qemu] == [f"{ga.RESUME_CHANNEL_WORD}=/dev/ttyS0"]
