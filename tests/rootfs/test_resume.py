@@ -234,3 +234,12 @@ def test_only_firecrackers_snapshot_boot_names_the_channel_and_both_mask_the_get
     assert "systemd.mask=serial-getty@ttyS0.service" in qemu and "systemd.mask=serial-getty@ttyS0.service" in firecracker
     assert not any(w.startswith(ga.RESUME_CHANNEL_WORD) for w in qemu)  # QEMU's: the default, ttyS1
     assert [w for w in firecracker if w not in qemu] == [f"{ga.RESUME_CHANNEL_WORD}=/dev/ttyS0"]
+
+
+def test_a_missing_channel_is_never_created(scripts, sandbox_bin, guest, tmp_path):
+    """Opened read-only: a channel that is not there (no second serial port) is reported, and no
+    file appears in its place (as root, a read-write open would create /dev/ttyS1 as a file)."""
+    missing = tmp_path / "dev" / "ttyS9"
+    missing.parent.mkdir()
+    proc, console = resume(scripts, guest, sandbox_bin, b"", {"BANGER_RESUME_CHANNEL": str(missing)})
+    assert proc.returncode == 1 and "cannot open" in proc.stdout and not missing.exists()
