@@ -44,40 +44,24 @@ def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None
     paths = {k: store.path(v) for k, v in record.artifacts.items()}
     choice = choose(record.backend)
     key = ensure_key(dirs.state)
-    tap = None
-    if record.net == "bridge":
-        lease = network.attach(dirs, settings, record.name)
-        tap = TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
+    tap = bridge_nic(dirs, settings, record)
     config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
                       disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=record.memory_mib, vcpus=record.vcpus,
                       cmdline=kernel_cmdline(record, settings, key.public_line), kept=vm_dir / "exit.json",
                       ssh_port=record.ssh_port or None, tap=tap,
                       control_socket=vm_dir / "qmp.sock" if choice.backend == "qemu" else None)
     vm = create_vm(choice, config)
-    record.state, record.reason, record.stop_requested = "starting", "", False
-    record.accel, record.machine = choice.accel, choice.machine
-    records.save(dirs.state, record)
-    log(f"{record.name}: booting ({choice.backend}/{choice.accel}/{choice.machine}, {record.vcpus} vCPU, "
-        f"{record.memory_mib} MiB)")
+    mark_starting(dirs, record, choice, log, "booting")
     start = time.monotonic()
     try:
         vm.start()
-        record.vmm_pid = vm.vmm_pid or 0
-        record.vmm_start = procs.start_time(record.vmm_pid)
-        record.console_offset = vm._console_offset
-        record.address, record.ssh_port = vm.ssh_address
-        records.save(dirs.state, record)
+        mark_spawned(dirs, record, vm)
         seen: list[str] = []
         ready = vm.wait_for_console_line(READY_PATTERN, timeout=timeout, seen=seen,
                                          what="BANGER_READY (the guest agent's readiness line)")
         words = ready.split()
         offered = guest_assets.parse_hostkey_lines(seen, words[1] if len(words) > 1 else None)
-        client = ssh_login(vm, key.private_path, start + timeout)
-        try:
-            served = client.get_transport().get_remote_server_key()
-            served_line = f"{served.get_name()} {served.get_base64()}"
-        finally:
-            client.close()
+        served_line = served_key(vm, key.private_path, start + timeout)
         if offered and served_line not in offered:
             raise vm.failure(f"the VM's sshd presented a host key its console did not announce "
                              f"({served_line[:40]}...); refusing to trust it")
@@ -88,18 +72,65 @@ def boot(dirs: Dirs, settings: dict, record: VMRecord, log: Callable[[str], None
         access.publish(dirs, settings, record)
         vm.detach()
     except BaseException as exc:
-        vm.stop()  # not detached: the VMM and its keeper go
-        if tap is not None:
-            network.release(dirs, settings, record.name)
-        record.vmm_pid, record.vmm_start = 0, None
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        record.state = "stopped" if interrupted else "crashed"
-        record.reason = "interrupted while starting" if interrupted else str(exc).splitlines()[0]
-        records.save(dirs.state, record)
+        mark_failed(dirs, settings, record, vm, tap, exc, "starting")
         raise
+    mark_running(dirs, record)
+    log(f"{record.name}: ready in {time.monotonic() - start:.1f} s")
+    return record
+
+
+# ---- what a boot (here) and a restore (restore.py) share ------------------------------------
+def bridge_nic(dirs: Dirs, settings: dict, record: VMRecord) -> TapNIC | None:
+    """The VM's tap and address when it uses the bridge (its lease), else None."""
+    if record.net != "bridge":
+        return None
+    lease = network.attach(dirs, settings, record.name)
+    return TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
+
+
+def mark_starting(dirs: Dirs, record: VMRecord, choice, log: Callable[[str], None], how: str) -> None:
+    record.state, record.reason, record.stop_requested = "starting", "", False
+    record.accel, record.machine = choice.accel, choice.machine
+    records.save(dirs.state, record)
+    log(f"{record.name}: {how} ({choice.backend}/{choice.accel}/{choice.machine}, {record.vcpus} vCPU, "
+        f"{record.memory_mib} MiB)")
+
+
+def mark_spawned(dirs: Dirs, record: VMRecord, vm) -> None:
+    """The VMM runs: its pid and start time, where the boot's console starts, its address."""
+    record.vmm_pid = vm.vmm_pid or 0
+    record.vmm_start = procs.start_time(record.vmm_pid)
+    record.console_offset = vm._console_offset
+    record.address, record.ssh_port = vm.ssh_address
+    records.save(dirs.state, record)
+
+
+def served_key(vm, private_key: Path, deadline: float) -> str:
+    """Log in over SSH with banger's key (the proof that the VM is ready): the host key its
+    sshd presented, "TYPE BASE64"."""
+    client = ssh_login(vm, private_key, deadline)
+    try:
+        served = client.get_transport().get_remote_server_key()
+        return f"{served.get_name()} {served.get_base64()}"
+    finally:
+        client.close()
+
+
+def mark_failed(dirs: Dirs, settings: dict, record: VMRecord, vm, tap: TapNIC | None, exc: BaseException,
+                doing: str) -> None:
+    """Not detached: the VMM and its keeper go, the tap too; the record says why."""
+    vm.stop()
+    if tap is not None:
+        network.release(dirs, settings, record.name)
+    record.vmm_pid, record.vmm_start = 0, None
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    record.state = "stopped" if interrupted else "crashed"
+    record.reason = f"interrupted while {doing}" if interrupted else str(exc).splitlines()[0]
+    records.save(dirs.state, record)
+
+
+def mark_running(dirs: Dirs, record: VMRecord) -> None:
     record.state, record.grow = "running", False
     record.boots += 1
     record.started_at = time.time()
     records.save(dirs.state, record)
-    log(f"{record.name}: ready in {time.monotonic() - start:.1f} s")
-    return record

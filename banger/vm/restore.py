@@ -18,17 +18,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from banger.core import procs
 from banger.core.config import Dirs, load_config
 from banger.core.store import ActionRecord, Store
 from banger.hypervisor.backends import create as create_vm
 from banger.hypervisor.choice import choose
-from banger.hypervisor.vm import GuestNetwork, TapNIC, VMConfig, VMError
+from banger.hypervisor.vm import VMConfig, VMError
 from banger.rootfs import guest_assets
 from banger.rootfs.sshkey import ensure_key, new_host_key
-from banger.steps.boot import READY_PATTERN, ssh_login
+from banger.steps.boot import READY_PATTERN
 from banger.steps.snapshot import decompress_sparse
-from banger.vm import access, network, records
+from banger.vm import access, launch, records
 from banger.vm.records import VMRecord
 
 LOAD_TIMEOUT = 60.0  # seconds for QEMU to load the saved state
@@ -53,15 +52,12 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
     key = ensure_key(dirs.state)
     settings = load_config(dirs)
     saved = _saved_state(choice.backend, store, snap, vm_dir)
-    tap = None
-    if record.net == "bridge":  # the saved NIC takes this VM's MAC and address (resume.sh)
-        try:
-            lease = network.attach(dirs, settings, record.name)
-        except BaseException:
-            if "restore_memory" in saved:
-                saved["restore_memory"].unlink(missing_ok=True)
-            raise
-        tap = TapNIC(lease.tap, lease.mac, GuestNetwork(lease.address, lease.gateway, lease.dns))
+    try:  # with the bridge, the saved NIC takes this VM's MAC and address (resume.sh)
+        tap = launch.bridge_nic(dirs, settings, record)
+    except BaseException:
+        if "restore_memory" in saved:
+            saved["restore_memory"].unlink(missing_ok=True)
+        raise
     config = VMConfig(kernel=paths["kernel"], initrd=paths.get("initrd"), vmlinux=paths.get("vmlinux"),
                       disk=vm_dir / record.disk, run_dir=vm_dir, memory_mib=snap.params["memory_mib"],
                       vcpus=snap.params["vcpus"], cmdline=snap.params["cmdline"], kept=vm_dir / "exit.json",
@@ -69,11 +65,7 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
                       resume_socket=vm_dir / "resume.sock", resume_fifo=vm_dir / "console.in", portable_disk=True,
                       **saved)
     vm = create_vm(choice, config)
-    record.state, record.reason, record.stop_requested = "starting", "", False
-    record.accel, record.machine = choice.accel, choice.machine
-    records.save(dirs.state, record)
-    log(f"{record.name}: restoring from snapshot {snap.key[:12]} ({choice.backend}/{choice.accel}/{choice.machine}, "
-        f"{record.vcpus} vCPU, {record.memory_mib} MiB)")
+    launch.mark_starting(dirs, record, choice, log, f"restoring from snapshot {snap.key[:12]}")
     start = time.monotonic()
     resumed = False
     channel = None
@@ -81,11 +73,7 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         vm.start()
         if config.restore_memory is not None:  # Firecracker mapped it (private): the file can go
             config.restore_memory.unlink(missing_ok=True)
-        record.vmm_pid = vm.vmm_pid or 0
-        record.vmm_start = procs.start_time(record.vmm_pid)
-        record.console_offset = vm._console_offset
-        record.address, record.ssh_port = vm.ssh_address
-        records.save(dirs.state, record)
+        launch.mark_spawned(dirs, record, vm)
         try:
             vm.wait_loaded(LOAD_TIMEOUT)
         except VMError as exc:
@@ -109,41 +97,26 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         wanted = " ".join(public.split()[:2])
         if offered != [wanted]:
             raise vm.failure("the restored guest did not announce the host key banger sent it")
-        client = ssh_login(vm, key.private_path, time.monotonic() + READY_TIMEOUT)
-        try:
-            served = client.get_transport().get_remote_server_key()
-        finally:
-            client.close()
-        if f"{served.get_name()} {served.get_base64()}" != wanted:
+        if launch.served_key(vm, key.private_path, time.monotonic() + READY_TIMEOUT) != wanted:
             raise vm.failure("the restored VM's sshd presented another host key than the one banger sent it")
         timings["ssh_ready"] = time.monotonic() - start
         record.host_key = wanted
         access.publish(dirs, settings, record)
         vm.detach()
     except BaseException as exc:
-        vm.stop()
+        launch.mark_failed(dirs, settings, record, vm, tap, exc, "restoring")
         if config.restore_memory is not None:
             config.restore_memory.unlink(missing_ok=True)
-        if tap is not None:
-            network.release(dirs, settings, record.name)
-        record.vmm_pid, record.vmm_start = 0, None
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        record.state = "stopped" if interrupted else "crashed"
-        record.reason = "interrupted while restoring" if interrupted else str(exc).splitlines()[0]
-        records.save(dirs.state, record)
-        if isinstance(exc, (VMError, OSError)) and not interrupted:
+        if isinstance(exc, (VMError, OSError)) and not isinstance(exc, KeyboardInterrupt):
             stage = "after it resumed" if resumed else "before it ran"
             raise SnapshotUnusable(f"the VM failed {stage}: {str(exc).splitlines()[0]}") from None
         raise
     finally:
         if channel is not None:
             channel.close()
-    record.state, record.grow = "running", False
-    record.boots += 1
-    record.started_at = time.time()
     record.snapshot = snap.key
     record.extra["restore_seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    records.save(dirs.state, record)
+    launch.mark_running(dirs, record)
     log(f"{record.name}: ready in {time.monotonic() - start:.1f} s (restored)")
     return record
 

@@ -25,7 +25,7 @@ from banger.net.settings import Lease
 from banger.rootfs import guest_assets
 from banger.rootfs.guest_assets import SCRIPTS_DIR
 from banger.steps import snapshot as step
-from banger.vm import disks, records, restore
+from banger.vm import disks, launch, records, restore
 from banger.vm.records import VMRecord
 from tests.firecracker_fake import STDIN_ENV
 from tests.hypervisor.test_firecracker import fake_binary, spec  # noqa: F401  (fixtures)
@@ -59,8 +59,8 @@ def world(tmp_path, fake_binary, monkeypatch):
     monkeypatch.setattr(Tap, "allocate", classmethod(lambda cls: cls("bgrsnaptest", ipaddress.ip_network("172.30.8.0/30"))))
     monkeypatch.setattr(Tap, "create", lambda self: None)
     leases = []
-    monkeypatch.setattr(restore.network, "attach", lambda d, s, name: leases.append(name) or LEASE)
-    monkeypatch.setattr(restore.network, "release", lambda d, s, name: leases.append(f"-{name}"))
+    monkeypatch.setattr(launch.network, "attach", lambda d, s, name: leases.append(name) or LEASE)
+    monkeypatch.setattr(launch.network, "release", lambda d, s, name: leases.append(f"-{name}"))
     monkeypatch.setattr(restore.access, "publish", lambda d, s, rec: None)
     sent = []
     real_message = guest_assets.resume_message
@@ -122,7 +122,7 @@ def test_a_firecracker_snapshot_is_taken_and_a_vm_restored_from_it(world, spec, 
     vm_dir = records.vm_dir(world.dirs.state, rec.name)
     disks.create("firecracker", disk, vm_dir / rec.disk, rec.disk_size, base_format="qcow2",
                  base_size=disk.stat().st_size)  # what lifecycle.create does with a snapshot
-    monkeypatch.setattr(restore, "ssh_login", lambda vm, key, deadline: logged_in_with(sent_key(world.sent[0])))
+    monkeypatch.setattr(launch, "ssh_login", lambda vm, key, deadline: logged_in_with(sent_key(world.sent[0])))
     try:
         done = restore.restore(world.dirs, rec, snap)
         assert (done.state, done.snapshot, done.address) == ("running", snap.key, "172.31.0.7")
