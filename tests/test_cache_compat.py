@@ -22,7 +22,7 @@ from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
 from tests.support_tools import REPO, need
 
-PINNED = "d3ba2d02e8054010312cb029d8204301a4135af9"  # inject assets 4 (resume.sh: snapshots)
+PINNED = "d97c10335ad94d17d90a51f52fc142fb52b7a7d5"  # guest templates after snapshots (resume.sh, Firecracker's channel)
 RELEASE = "6.1.0-99-amd64"
 
 
