@@ -1,6 +1,6 @@
 """Step 8 (on demand), snapshot: boot the finished image once with a given machine shape, let
 its boot finish, quiesce it and save the whole machine, so that `banger vm create` restores VMs
-from it in about a second instead of booting each (vm/restore.py).
+from it in ~2 s under TCG here instead of booting each (vm/restore.py).
 
 The guest side is resume.sh (guest_assets): on a boot with banger.snapshot=1 the agent waits for
 the end of the boot, syncs, prints BANGER_SNAPSHOT_READY and waits on its resume channel; the
