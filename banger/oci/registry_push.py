@@ -1,0 +1,125 @@
+"""The push half of the distribution API, on a RegistryClient: does the registry have a blob
+(HEAD), upload one (POST an upload session, then one PUT with the bytes and their digest), put a
+manifest under a tag, and fetch a small blob (a config) into memory.
+
+A pushing client asks its token server for `repository:<name>:pull,push` (push_client); Basic
+auth and docker config credentials are as for pulls. A 401/403 is one line naming the login fix.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import requests
+
+from banger.core import digest as dg
+from banger.core.errors import BuildError
+from banger.oci import registry_auth as auth
+from banger.oci.registry import RegistryClient
+
+MAX_CONFIG_BYTES = 4 << 20  # a config (banger: an action record) read into memory
+
+
+class PushRefused(BuildError):
+    """The registry will not take what banger pushes (unauthorised, denied, or an error)."""
+
+
+def push_client(registry: str, repository: str, *, insecure: Iterable[str] = (),
+                session: requests.Session | None = None, **kw) -> RegistryClient:
+    client = RegistryClient(registry, repository, insecure=insecure, session=session, **kw)
+    client.actions = "pull,push"
+    return client
+
+
+def _refused(client: RegistryClient, resp: requests.Response, what: str) -> BuildError:
+    name = f"{client.registry}/{client.repository}"
+    if resp.status_code == 401:
+        return PushRefused(str(client.unauthorized()).replace("access to", "push to", 1))
+    if resp.status_code == 403:
+        return PushRefused(f"denied: {client.registry} does not let you push to {client.repository}; "
+                           + auth.LOGIN_HINT.format(host=client.registry))
+    detail = ""
+    try:
+        errors = resp.json().get("errors") or []
+        detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))[:200]
+    except (ValueError, AttributeError):
+        pass
+    return PushRefused(f"{name} answered {resp.status_code} {resp.reason} to {what}"
+                       + (f" ({detail})" if detail else ""))
+
+
+def has_blob(client: RegistryClient, digest: str) -> bool:
+    with client.request("HEAD", f"blobs/{digest}") as resp:
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise _refused(client, resp, f"HEAD blob {digest}")
+
+
+def upload_blob(client: RegistryClient, path: Path, digest: str) -> int:
+    """Upload the file as blob `digest` (the registry checks it); returns the bytes sent."""
+    opened: list = []
+
+    def body():
+        opened.append(open(path, "rb"))
+        return opened[-1]
+
+    try:
+        return _upload(client, body, path.stat().st_size, digest)
+    finally:
+        for f in opened:
+            f.close()
+
+
+def upload_bytes(client: RegistryClient, data: bytes, digest: str) -> int:
+    return _upload(client, lambda: data, len(data), digest)
+
+
+def _upload(client: RegistryClient, body, size: int, digest: str) -> int:
+    """A monolithic upload: POST opens the session, one PUT sends the bytes and the digest."""
+    with client.request("POST", "blobs/uploads/", {"Content-Length": "0"}) as resp:
+        if resp.status_code != 202 or not resp.headers.get("Location"):
+            raise _refused(client, resp, "starting a blob upload")
+        location = resp.headers["Location"]
+    sep = "&" if "?" in location else "?"
+    with client.request("PUT", "blobs/uploads/", {"Content-Type": "application/octet-stream",
+                                                  "Content-Length": str(size)},
+                        body=body, url=f"{location}{sep}digest={digest}") as resp:
+        if resp.status_code != 201:
+            raise _refused(client, resp, f"the upload of blob {digest}")
+    return size
+
+
+def put_manifest(client: RegistryClient, tag: str, manifest: dict, media_type: str) -> str:
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    with client.request("PUT", f"manifests/{tag}", {"Content-Type": media_type},
+                        body=lambda: body) as resp:
+        if resp.status_code not in (200, 201):
+            raise _refused(client, resp, f"the manifest for tag {tag}")
+    return dg.of_bytes(body, "sha256")
+
+
+def has_manifest(client: RegistryClient, tag: str, accept: str) -> str | None:
+    """The digest the tag points at, or None when there is no such tag (or repository)."""
+    with client.request("HEAD", f"manifests/{tag}", {"Accept": accept}) as resp:
+        if resp.status_code == 200:
+            return resp.headers.get("Docker-Content-Digest") or "?"
+        if resp.status_code == 404:
+            return None
+        raise _refused(client, resp, f"HEAD manifest {tag}")
+
+
+def read_small_blob(client: RegistryClient, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """A small blob's bytes, sha256-verified; BuildError (one line) if it is not what it claims."""
+    with client.request("GET", f"blobs/{digest}", stream=True) as resp:
+        client.raise_for_status(resp, f"blob {digest}")
+        data = resp.raw.read(limit + 1, decode_content=True)
+    if len(data) > limit:
+        raise BuildError(f"blob {digest} of {client.registry}/{client.repository} is over {limit} bytes; refusing it")
+    actual = dg.of_bytes(data, dg.split(digest)[0])
+    if actual != digest:
+        raise BuildError(f"digest mismatch: {client.registry}/{client.repository} served {actual} for blob "
+                         f"{digest}; nothing was cached")
+    return data
