@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from banger.app import record_rules
 from banger.app import remote_layout as layout
@@ -249,3 +249,96 @@ def pull_image(client: RegistryClient, store: Store, name: str) -> dict:
     if mine is None:
         images.save(store, image)
     return {"image": name, "records_pulled": pulled, "records": len(image.steps), "kept_local": kept_local}
+
+
+# ---- what `banger cache push/pull` call ------------------------------------------------------------
+def insecure_of(dirs) -> list[str]:
+    from banger.core.config import load_config
+
+    value = load_config(dirs).get("insecure_registries", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CacheError('insecure_registries in banger\'s config must be a list of "host[:port]" strings')
+    return value
+
+
+def push_images(dirs, target: str, names: list[str] | None) -> PushStats:
+    """Push the named images (None: every named image) with their records and outputs."""
+    store = Store(dirs.cache, dirs.trees)
+    client = client_for(target, insecure_of(dirs))
+    wanted = names if names is not None else [i.name for i in images.all_images(store)]
+    if not wanted:
+        raise CacheError("there is no named image to push; build one first")
+    stats = PushStats()
+    for name in wanted:
+        push_image(client, store, name, stats)
+    return stats
+
+
+def pull_images(dirs, target: str, name: str) -> dict:
+    """Pull one image's records, outputs and image record (held like a build against `cache gc`)."""
+    from banger.core import inflight
+
+    store = Store(dirs.cache, dirs.trees)
+    client = client_for(target, insecure_of(dirs))
+    with inflight.building(store.root):
+        return pull_image(client, store, name)
+
+
+# ---- a build's --cache-from / --cache-to ------------------------------------------------------------
+class RemoteLookup:
+    """Build.remote: on a local miss, ask each --cache-from registry in turn. A registry that is
+    down or refuses banger is warned about once and not asked again in this build; a refused
+    entry is warned about and the step runs locally."""
+
+    def __init__(self, store: Store, clients: list[RegistryClient], log):
+        self.store, self.clients, self.log = store, clients, log
+
+    def __call__(self, key: str) -> ActionRecord | None:
+        for client in list(self.clients):
+            where = f"{client.registry}/{client.repository}"
+            try:
+                record = pull_action(client, self.store, key)
+            except RemoteRefused as exc:
+                self.log(f"warning: {exc}; the step runs locally")
+                continue
+            except (BuildError, CacheError, OSError) as exc:
+                self.log(f"warning: cache {where} is not usable ({exc}); building locally")
+                self.clients.remove(client)
+                continue
+            if record is not None:
+                self.log(f"{record.step}: pulled from {where}")
+                return record
+        return None
+
+
+def attach(build, dirs, cache_from: Sequence[str]) -> None:
+    """Point the build's remote lookup at `cache_from` and the config's `cache_from` list."""
+    from banger.core.config import load_config
+
+    configured = load_config(dirs).get("cache_from", [])
+    if not isinstance(configured, list) or not all(isinstance(v, str) for v in configured):
+        raise BuildError('cache_from in banger\'s config must be a list of "REGISTRY/REPO" strings')
+    targets = list(dict.fromkeys([*cache_from, *configured]))
+    if not targets:
+        return
+    try:
+        insecure = insecure_of(dirs)
+        clients = [client_for(t, insecure) for t in targets]
+    except CacheError as exc:
+        raise BuildError(f"--cache-from: {exc}") from None
+    for client in clients:
+        client.actions = "pull"
+    build.remote = RemoteLookup(build.store, clients, build.log)
+
+
+def push_after_build(dirs, target: str, name: str, log) -> PushStats | None:
+    """--cache-to: push the image just built; a failure is one warning line, not a failed build."""
+    from banger.core.progress import human_bytes
+
+    try:
+        stats = push_images(dirs, target, [name])
+    except (BuildError, CacheError, images.ImageError, OSError) as exc:
+        log(f"warning: --cache-to {target}: {exc}; the image is built and cached locally only")
+        return None
+    log(f"pushed {name} to {target}: {stats.actions_sent} actions, {human_bytes(stats.bytes_sent)} sent")
+    return stats

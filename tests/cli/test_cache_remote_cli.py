@@ -1,0 +1,114 @@
+"""`banger build --cache-to/--cache-from` and `banger cache push/pull` against a real
+docker-registry with htpasswd (Basic) auth, credentials from each home's docker config."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from banger.core import config
+from banger.devtools import registry as devregistry
+from banger.kernel import sources
+from tests.support_kernel import make_kernel_tree
+from tests.support_registry import docker_config, make_image
+from tests.support_tools import REPO, need
+
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory):
+    need("docker-registry", "htpasswd")
+    root = tmp_path_factory.mktemp("cache-registry")
+    htpasswd = root / "htpasswd"
+    htpasswd.write_bytes(subprocess.run(["htpasswd", "-Bbn", "alice", "s3cret"], check=True,
+                                        capture_output=True).stdout)
+    reg = devregistry.start(root / "reg", htpasswd=htpasswd)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def homes(tmp_path, auth_registry):
+    """run(home, *args): the banger CLI with that home's cache, state and docker config."""
+    need("mkfs.ext4", "debugfs", "depmod")
+    layout = tmp_path / "layout"
+    make_image(layout, "v1", {"etc/os-release": b"ID=remote\n", "etc/inittab": b"::sysinit:/etc/init.d/rcS\n",
+                              "bin/hello": b"#!/bin/sh\necho hi\n"})
+
+    # The homes share the state dir: the inject step's key holds banger's managed SSH public key
+    # (<state>/ssh), so a home with another key reuses the steps before inject only.
+    dirs = config.Dirs(cache=tmp_path / "unused", state=tmp_path / "state" / "banger",
+                       config=tmp_path / "config" / "banger")
+    sources.import_dir(dirs, "k", make_kernel_tree(tmp_path / "kernel-src", "6.1.0-99-amd64"))
+
+    def run(home: str, *args: str, password: str = "s3cret") -> subprocess.CompletedProcess:
+        base = tmp_path / home
+        docker_config(base / "home", auth_registry.host, "alice", password)
+        env = {**os.environ, "HOME": str(base / "home"), "DOCKER_CONFIG": str(base / "home" / ".docker"),
+               "BANGER_CACHE_DIR": str(base / "cache"), "XDG_STATE_HOME": str(tmp_path / "state"),
+               "XDG_CONFIG_HOME": str(tmp_path / "config")}
+        env.pop("REGISTRY_AUTH_FILE", None)
+        return subprocess.run([sys.executable, "-m", "banger", *args], cwd=REPO, capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    words = ["build", f"image=oci-layout:{layout}:v1", "name=small", "kernel=k", "boot=no", "--json"]
+    return run, words
+
+
+def statuses(proc: subprocess.CompletedProcess) -> dict[str, str]:
+    return {s["step"]: s["status"] for s in json.loads(proc.stdout)["steps"]}
+
+
+def test_cache_to_then_cache_from_into_an_empty_home_runs_no_step(homes, auth_registry):
+    run, words = homes
+    target = f"{auth_registry.host}/team/cache"
+    a = run("a", *words, "--cache-to", target)
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert "ran" in statuses(a).values()
+    assert f"pushed small to {target}" in a.stderr
+
+    b = run("b", *words, "--cache-from", target)
+    assert b.returncode == 0, b.stderr[-2000:]
+    assert set(statuses(b).values()) == {"cached"}, b.stderr
+    assert json.loads(b.stdout)["artifacts"].keys() == json.loads(a.stdout)["artifacts"].keys()
+    assert "warning" not in b.stderr and "pulled from" in b.stderr
+    assert run("b", "cache", "verify").returncode == 0
+
+    again = run("a", "cache", "push", target, "--image", "small", "--json")
+    assert again.returncode == 0, again.stderr
+    stats = json.loads(again.stdout)
+    assert stats["bytes_sent"] == 0 and stats["blobs_sent"] == 0 and stats["actions_sent"] == 0
+
+    c = run("c", "cache", "pull", target, "--image", "small", "--json")
+    assert c.returncode == 0, c.stderr
+    assert json.loads(c.stdout)["records_pulled"] == len(statuses(a))
+    built = run("c", *words)
+    assert set(statuses(built).values()) == {"cached"}, built.stderr
+
+
+def test_an_unusable_cache_from_is_one_warning_and_the_build_goes_on(homes, auth_registry):
+    run, words = homes
+    wrong = run("a", *words, "--cache-from", f"{auth_registry.host}/team/cache", password="wrong")
+    assert wrong.returncode == 0, wrong.stderr[-2000:]
+    warnings = [line for line in wrong.stderr.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "unauthorized" in warnings[0] and "'alice'" in warnings[0], wrong.stderr
+    assert "ran" in statuses(wrong).values()
+
+    dead = f"127.0.0.1:{devregistry.free_port()}/team/cache"
+    down = run("b", *words, "--cache-from", dead, "--cache-to", dead)
+    assert down.returncode == 0, down.stderr[-2000:]
+    warnings = [line for line in down.stderr.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 2 and all("unreachable" in w for w in warnings), down.stderr
+    assert "--cache-to" in warnings[1]
+
+
+def test_cache_push_and_pull_refuse_bad_arguments_in_one_line(homes, auth_registry):
+    run, _ = homes
+    for args, expected in [(("cache", "push", f"{auth_registry.host}/x"), "--image NAME"),
+                           (("cache", "push", f"{auth_registry.host}/x:v1", "--all"), "no tag"),
+                           (("cache", "pull", f"{auth_registry.host}/team/empty", "--image", "small"), "")]:
+        out = run("a", *args)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+        assert expected in out.stderr
