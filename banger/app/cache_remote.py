@@ -102,6 +102,8 @@ def push_action(client: RegistryClient, store: Store, record: ActionRecord, stat
     with store.staging("push-") as stage:
         layers = []
         for name, digest in sorted(record.outputs.items()):
+            if digest.startswith(TREE) and not store.path(digest).exists():
+                continue  # evicted from RAM: a step that reads it remakes it (Build.materialize)
             if not store.verify(digest):
                 raise CacheError(f"output {name} of {record.step} ({digest[:24]}…) is not in the cache or "
                                  "corrupt; rebuild the image before pushing it")
@@ -149,7 +151,7 @@ def _entry(client: RegistryClient, tag: str, artifact_type: str) -> tuple[dict, 
     except (ValueError, KeyError, TypeError, AttributeError):
         ok, config_digest, layers = False, None, None
     if not ok or not isinstance(config_digest, str) or not isinstance(layers, list):
-        raise RemoteRefused(f"{tag} is not a banger {artifact_type.split('.')[-2]} entry")
+        raise RemoteRefused(f"{tag} is not a banger {artifact_type.split('.')[-2]} entry; nothing was cached")
     try:
         return manifest, push.read_small_blob(client, config_digest)
     except BuildError as exc:
@@ -162,7 +164,10 @@ def pull_action(client: RegistryClient, store: Store, key: str) -> ActionRecord 
     """The record of `key` from the registry, with its outputs, verified and put in the store;
     None when the registry has no entry for it; RemoteRefused (nothing cached) if it is wrong."""
     where = f"{client.registry}/{client.repository}"
-    found = _entry(client, layout.action_tag(key), layout.ACTION_TYPE)
+    try:
+        found = _entry(client, layout.action_tag(key), layout.ACTION_TYPE)
+    except RemoteRefused as exc:
+        raise RemoteRefused(f"refused the entry for {key[:12]} from {where}: {exc}") from None
     if found is None:
         return None
     manifest, config = found
@@ -194,8 +199,10 @@ def pull_action(client: RegistryClient, store: Store, key: str) -> ActionRecord 
 def _fetch_outputs(client: RegistryClient, store: Store, record: ActionRecord, layers: list) -> None:
     wanted = [layer for layer in layers if not (isinstance(layer, dict) and layer.get("mediaType") == layout.EMPTY["mediaType"])]
     checked = [layout.check_layer(desc, record.outputs) for desc in wanted]
-    if sorted(c[0] for c in checked) != sorted(record.outputs):
-        raise ArchiveError("its layers are not exactly its outputs")
+    names = [c[0] for c in checked]
+    blobs = {n for n, d in record.outputs.items() if not d.startswith(TREE)}  # trees may be left out
+    if len(set(names)) != len(names) or not blobs <= set(names):
+        raise ArchiveError("its layers are not its outputs")
     with store.staging("pull-") as stage:
         scratch = Store(stage / "download")  # a layer is not an artifact: it never enters the store
         ready: list[tuple[str, object]] = []
@@ -218,7 +225,10 @@ def pull_image(client: RegistryClient, store: Store, name: str) -> dict:
     where = f"{client.registry}/{client.repository}"
     if not images.NAME_RE.fullmatch(name):
         raise CacheError(f"{name!r} is not a valid image name (lowercase letters, digits, . _ -)")
-    found = _entry(client, layout.image_tag(name), layout.IMAGE_TYPE)
+    try:
+        found = _entry(client, layout.image_tag(name), layout.IMAGE_TYPE)
+    except RemoteRefused as exc:
+        raise RemoteRefused(f"refused image {name} from {where}: {exc}") from None
     if found is None:
         raise CacheError(f"{where} has no image {name}; push it with `banger cache push {where} --image {name}`")
     try:
@@ -292,8 +302,12 @@ class RemoteLookup:
 
     def __init__(self, store: Store, clients: list[RegistryClient], log):
         self.store, self.clients, self.log = store, clients, log
+        self.asked: set[str] = set()  # asked once in this build (doit's check, then the run)
 
     def __call__(self, key: str) -> ActionRecord | None:
+        if key in self.asked:
+            return None
+        self.asked.add(key)
         for client in list(self.clients):
             where = f"{client.registry}/{client.repository}"
             try:

@@ -112,3 +112,33 @@ def test_cache_push_and_pull_refuse_bad_arguments_in_one_line(homes, auth_regist
         out = run("a", *args)
         assert out.returncode == 1 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
         assert expected in out.stderr
+
+
+def test_a_tampered_record_in_the_registry_is_refused_and_the_step_runs_locally(homes, auth_registry, tmp_path):
+    """The record blob of the ext4 step is flipped in the registry's storage: home B says why in
+    one line, runs ext4 itself (same bytes), and the later steps are still pulled."""
+    from banger.app import remote_layout as layout
+
+    run, words = homes
+    target = f"{auth_registry.host}/team/tampered"
+    a = run("a", *words, "--cache-to", target)
+    assert a.returncode == 0, a.stderr[-2000:]
+    image = json.loads((tmp_path / "a" / "cache" / "images" / "small.json").read_text())
+    ext4 = next(s["key"] for s in image["steps"] if s["step"] == "ext4")
+    body = auth_registry.root / "data" / "docker/registry/v2/repositories/team/tampered/_manifests/tags"
+    manifest_digest = (body / layout.action_tag(ext4) / "current" / "link").read_text().strip()
+    blobs = auth_registry.root / "data" / "docker/registry/v2/blobs/sha256"
+    manifest = json.loads((blobs / manifest_digest[7:9] / manifest_digest[7:] / "data").read_bytes())
+    config = manifest["config"]["digest"]
+    data = blobs / config[7:9] / config[7:] / "data"
+    data.write_bytes(data.read_bytes().replace(b'"ext4"', b'"ext5"'))
+
+    b = run("b", *words, "--cache-from", target)
+    assert b.returncode == 0, b.stderr[-2000:]
+    warnings = [line for line in b.stderr.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1, b.stderr
+    assert f"refused the entry for {ext4[:12]}" in warnings[0] and "digest mismatch" in warnings[0]
+    assert warnings[0].endswith("the step runs locally")
+    steps = statuses(b)
+    assert steps["ext4"] == "ran" and steps["ownership"] == "cached", b.stderr
+    assert run("b", "cache", "verify").returncode == 0
