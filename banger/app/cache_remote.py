@@ -19,6 +19,7 @@ from banger.app import record_rules
 from banger.app import remote_layout as layout
 from banger.app.archive_io import ArchiveError
 from banger.app.cache import CacheError, image_closure
+from banger.app.cache_archive import max_import_bytes
 from banger.core import images
 from banger.core.errors import BuildError
 from banger.core.records import DamagedRecord, parse_record
@@ -203,6 +204,11 @@ def _fetch_outputs(client: RegistryClient, store: Store, record: ActionRecord, l
     blobs = {n for n, d in record.outputs.items() if not d.startswith(TREE)}  # trees may be left out
     if len(set(names)) != len(names) or not blobs <= set(names):
         raise ArchiveError("its layers are not its outputs")
+    cap = max_import_bytes()  # a decoded output may not be larger (a zstd bomb fills no disk)
+    for name, _, _, size in checked:
+        if size > cap:
+            raise ArchiveError(f"its output {name!r} would be {size} bytes, over the cap of {cap} "
+                               "(for larger ones, set BANGER_IMPORT_MAX_BYTES)")
     with store.staging("pull-") as stage:
         scratch = Store(stage / "download")  # a layer is not an artifact: it never enters the store
         ready: list[tuple[str, object]] = []

@@ -145,3 +145,14 @@ def test_a_tampered_record_in_the_registry_is_refused_and_nothing_is_cached(smal
         remote.pull_action(remote.client_for(target), store_b, key)
     assert "\n" not in str(err.value) and why in str(err.value) and "nothing was cached" in str(err.value)
     assert_nothing_cached(store_b)
+
+
+def test_an_output_larger_than_the_import_cap_is_refused_before_it_is_downloaded(small_build, registry, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "capped")
+    monkeypatch.setenv("BANGER_IMPORT_MAX_BYTES", "64K")  # the ext4 image decodes to far more
+    store_b = Store(tmp_path / "b")
+    with pytest.raises(remote.RemoteRefused, match=r"\(ext4\).*over the cap of 65536 .*BANGER_IMPORT_MAX_BYTES"):
+        remote.pull_action(remote.client_for(target), store_b, step_key(first, "ext4"))
+    assert_nothing_cached(store_b)
