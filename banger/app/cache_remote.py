@@ -221,8 +221,8 @@ def _fetch_outputs(client: RegistryClient, store: Store, record: ActionRecord, l
             if digest.startswith(TREE):
                 if store.ingest_tree(path) != digest:
                     raise ArchiveError(f"tree {digest[:24]}… changed while it was pulled")
-            else:
-                store.ingest_file(path, expected=digest)
+            else:  # hashed: its digest was checked while it was decoded (or downloaded)
+                store.ingest_file(path, expected=digest, hashed=digest)
 
 
 def pull_image(client: RegistryClient, store: Store, name: str) -> dict:

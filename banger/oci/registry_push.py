@@ -8,6 +8,8 @@ auth and docker config credentials are as for pulls. A 401/403 is one line namin
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -19,6 +21,7 @@ from banger.oci import registry_auth as auth
 from banger.oci.registry import RegistryClient
 
 MAX_CONFIG_BYTES = 4 << 20  # a config (banger: an action record) read into memory
+CHUNK_BYTES = 16 << 20  # blobs larger than this are uploaded in chunks of this size
 
 
 class PushRefused(BuildError):
@@ -59,7 +62,10 @@ def has_blob(client: RegistryClient, digest: str) -> bool:
 
 
 def upload_blob(client: RegistryClient, path: Path, digest: str) -> int:
-    """Upload the file as blob `digest` (the registry checks it); returns the bytes sent."""
+    """Upload the file as blob `digest` (the registry checks it); returns the bytes sent. A file
+    over CHUNK_BYTES goes in chunks (PATCH), resumed from what the registry says it has."""
+    if path.stat().st_size > CHUNK_BYTES:
+        return _upload_chunked(client, path, digest)
     opened: list = []
 
     def body():
@@ -79,10 +85,7 @@ def upload_bytes(client: RegistryClient, data: bytes, digest: str) -> int:
 
 def _upload(client: RegistryClient, body, size: int, digest: str) -> int:
     """A monolithic upload: POST opens the session, one PUT sends the bytes and the digest."""
-    with client.request("POST", "blobs/uploads/", {"Content-Length": "0"}) as resp:
-        if resp.status_code != 202 or not resp.headers.get("Location"):
-            raise _refused(client, resp, "starting a blob upload")
-        location = resp.headers["Location"]
+    location = _start_upload(client)
     sep = "&" if "?" in location else "?"
     with client.request("PUT", "blobs/uploads/", {"Content-Type": "application/octet-stream",
                                                   "Content-Length": str(size)},
@@ -90,6 +93,70 @@ def _upload(client: RegistryClient, body, size: int, digest: str) -> int:
         if resp.status_code != 201:
             raise _refused(client, resp, f"the upload of blob {digest}")
     return size
+
+
+def _start_upload(client: RegistryClient) -> str:
+    with client.request("POST", "blobs/uploads/", {"Content-Length": "0"}) as resp:
+        if resp.status_code != 202 or not resp.headers.get("Location"):
+            raise _refused(client, resp, "starting a blob upload")
+        return resp.headers["Location"]
+
+
+def _received(resp: requests.Response) -> int | None:
+    """How many bytes the upload holds, from a Range: 0-<last> header (None: not said)."""
+    m = re.fullmatch(r"(?:bytes=)?0-(\d+)", resp.headers.get("Range", "").strip())
+    return int(m.group(1)) + 1 if m else None
+
+
+def _upload_chunked(client: RegistryClient, path: Path, digest: str) -> int:
+    size = path.stat().st_size
+    location = _start_upload(client)
+    offset, sent, resumes = 0, 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            n = min(CHUNK_BYTES, size - offset)
+            start = offset
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(n),
+                       "Content-Range": f"{start}-{start + n - 1}"}
+            try:
+                resp = client.request("PATCH", "blobs/uploads/", headers, url=location,
+                                      body=lambda: os.pread(f.fileno(), n, start))
+            except BuildError:
+                resp = None  # the connection kept breaking: ask the registry what it has
+            if resp is not None and resp.status_code == 202:
+                with resp:
+                    location = resp.headers.get("Location") or location
+                    offset = _received(resp) or start + n
+                sent += n
+                continue
+            if resp is not None and resp.status_code not in (404, 416):
+                with resp:
+                    raise _refused(client, resp, f"a chunk of blob {digest}")
+            if resp is not None:
+                resp.close()
+            resumes += 1
+            if resumes > 5:
+                raise PushRefused(f"the upload of blob {digest} to {client.registry} kept breaking off; "
+                                  "push again to retry")
+            location, offset = _resume(client, location)
+    sep = "&" if "?" in location else "?"
+    with client.request("PUT", "blobs/uploads/", {"Content-Length": "0"},
+                        url=f"{location}{sep}digest={digest}") as resp:
+        if resp.status_code != 201:
+            raise _refused(client, resp, f"the upload of blob {digest}")
+    return sent
+
+
+def _resume(client: RegistryClient, location: str) -> tuple[str, int]:
+    """Where a broken-off upload goes on: from what the registry says it holds (GET on the upload),
+    or, when the registry dropped the session (docker-registry does once a chunk broke off:
+    its upload URL carries the offset), a new upload from byte 0."""
+    with client.request("GET", "blobs/uploads/", url=location) as status:
+        if status.status_code == 204 and _received(status) is not None:
+            return status.headers.get("Location") or location, _received(status) or 0
+        if status.status_code not in (404, 416):
+            raise _refused(client, status, "asking for the state of an upload")
+    return _start_upload(client), 0
 
 
 def put_manifest(client: RegistryClient, tag: str, manifest: dict, media_type: str) -> str:
