@@ -6,8 +6,11 @@ one artifact manifest per action key, tagged `action-<key>`:
     layers        its outputs, one each, annotated with the output's name, banger digest,
                   encoding and (decoded) size:
                     raw       a sha256 blob as it is (fetch's layers): the layer digest is its digest
-                    zstd      any other blob (disk images: sparse, mostly zeros) zstd-compressed;
-                              after decompression its banger digest is checked, holes come back
+                    extents+zstd  any other blob (disk images: sparse, mostly zeros): its extent map
+                              (8-byte length, then JSON {"size": N, "extents": [[offset, length],
+                              ...]}) then the bytes of
+                              those data extents, zstd-compressed; holes neither travel nor get
+                              compressed; after decoding the banger digest is checked
                     tar+zstd  a directory tree as a deterministic tar (sorted, no owners or
                               times), zstd-compressed; extracted into staging and hashed
 
@@ -18,13 +21,14 @@ enters the store here.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.app.archive_io import ArchiveError, CappedReader, TreeWriter, new_file, write_sparse
+from banger.app.archive_io import ArchiveError, CappedReader, TreeWriter, data_extents, new_file
 from banger.core import digest as dg
 from banger.core.store import TREE, Store, tree_digest
 
@@ -34,11 +38,12 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json",
          "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2}
 LAYER_TYPES = {"raw": "application/octet-stream",
-               "zstd": "application/vnd.banger.blob.v1+zstd",
+               "extents+zstd": "application/vnd.banger.blob.v1.extents+zstd",
                "tar+zstd": "application/vnd.banger.tree.v1.tar+zstd"}
 A_OUTPUT, A_DIGEST, A_ENCODING, A_SIZE = ("dev.banger.output", "dev.banger.digest", "dev.banger.encoding",
                                           "dev.banger.size")
 ZSTD_LEVEL = 3
+MAX_HEADER = 16 << 20  # an extent map line
 TREE_MAX_BYTES = 64 << 30  # a tree's decompressed tar stream
 PREFIX = "tree"
 
@@ -61,7 +66,7 @@ class Layer:
 def encoding_of(digest: str) -> str:
     if digest.startswith(TREE):
         return "tar+zstd"
-    return "raw" if digest.startswith("sha256:") else "zstd"
+    return "raw" if digest.startswith("sha256:") else "extents+zstd"
 
 
 def encode(store: Store, name: str, digest: str, stage: Path) -> Layer:
@@ -79,16 +84,80 @@ def encode(store: Store, name: str, digest: str, stage: Path) -> Layer:
     out = stage / f"layer-{len(list(stage.iterdir()))}"
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0, write_checksum=True)
     with open(out, "wb") as raw, compressor.stream_writer(raw, closefd=False) as zw:
-        if encoding == "zstd":
-            with open(src, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    zw.write(chunk)
-            annotations[A_SIZE] = str(src.stat().st_size)
+        if encoding == "extents+zstd":
+            annotations[A_SIZE] = str(_write_extents(src, zw))
         else:
             annotations[A_SIZE] = str(_write_tree_tar(src, zw))
     layer_digest, size = dg.of_file(out, "sha256")
     return Layer({"mediaType": LAYER_TYPES[encoding], "digest": layer_digest, "size": size,
                   "annotations": annotations}, out)
+
+
+def _write_extents(src: Path, out) -> int:
+    """The file as its extent map and data extents (see the module doc); its size."""
+    with open(src, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        extents = data_extents(f.fileno(), size)
+        header = json.dumps({"size": size, "extents": extents}, separators=(",", ":")).encode()
+        out.write(len(header).to_bytes(8, "big") + header)
+        for offset, length in extents:
+            while length:
+                data = os.pread(f.fileno(), min(length, 1 << 20), offset)
+                if not data:
+                    raise ArchiveError(f"{src} shrank while it was being pushed")
+                out.write(data)
+                offset, length = offset + len(data), length - len(data)
+    return size
+
+
+def _read_extents(src, fd: int, size: int, algorithm: str) -> str:
+    """Write an extents stream into the new file fd; the digest of the whole file, holes included."""
+    length = int.from_bytes(_read_exact(src, 8), "big")
+    if length > MAX_HEADER:
+        raise ArchiveError("its extent map is too long")
+    header = _read_exact(src, length)
+    try:
+        doc = json.loads(header)
+        total, extents = doc["size"], [(int(o), int(n)) for o, n in doc["extents"]]
+    except (ValueError, KeyError, TypeError):
+        raise ArchiveError("its extent map is not valid") from None
+    pos = 0
+    for offset, length in extents:
+        if offset < pos or length <= 0 or offset + length > total:
+            raise ArchiveError("its extent map is not sorted, overlaps or runs past the end")
+        pos = offset + length
+    if total != size:
+        raise ArchiveError(f"its extent map says {total} bytes, its annotation {size}")
+    h, zeros, pos = dg.hasher(algorithm), bytes(1 << 20), 0
+    for offset, length in extents:
+        while pos < offset:  # a hole: hashed as zeros, never written
+            n = min(len(zeros), offset - pos)
+            h.update(zeros[:n] if n < len(zeros) else zeros)
+            pos += n
+        while length:
+            data = src.read(min(length, 1 << 20))
+            if not data:
+                raise ArchiveError("its data ends before its extent map does")
+            os.pwrite(fd, data, pos)
+            h.update(data)
+            pos, length = pos + len(data), length - len(data)
+    while pos < total:
+        n = min(len(zeros), total - pos)
+        h.update(zeros[:n] if n < len(zeros) else zeros)
+        pos += n
+    if src.read(1):
+        raise ArchiveError("it has bytes after its last extent")
+    os.ftruncate(fd, total)
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+def _read_exact(src, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n and (data := src.read(n - len(out))):
+        out += data
+    if len(out) < n:
+        raise ArchiveError("it ends inside its extent map")
+    return bytes(out)
 
 
 def _write_tree_tar(root: Path, fileobj) -> int:
@@ -160,15 +229,16 @@ def decode(layer_file: Path, digest: str, encoding: str, size: int, stage: Path)
     out = stage / f"out-{digest.removeprefix(TREE).replace(':', '-')}"
     try:
         with open(layer_file, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr:
-            capped = CappedReader(zr, size if encoding == "zstd" else min(size, TREE_MAX_BYTES))
-            if encoding == "zstd":
+            capped = CappedReader(zr, size + 8 + MAX_HEADER if encoding == "extents+zstd"
+                                  else min(size, TREE_MAX_BYTES))
+            if encoding == "extents+zstd":
                 stage_fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     fd = new_file(stage_fd, out.name)
                 finally:
                     os.close(stage_fd)
                 try:
-                    got = write_sparse(capped, fd, dg.split(digest)[0])
+                    got = _read_extents(capped, fd, size, dg.split(digest)[0])
                 finally:
                     os.close(fd)
             else:
