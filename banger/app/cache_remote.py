@@ -362,3 +362,13 @@ def push_after_build(dirs, target: str, name: str, log) -> PushStats | None:
         return None
     log(f"pushed {name} to {target}: {stats.actions_sent} actions, {human_bytes(stats.bytes_sent)} sent")
     return stats
+
+
+def remote_listing(dirs, target: str) -> dict:
+    """`cache ls --remote`: the images a repository holds and how many actions."""
+    client = client_for(target, insecure_of(dirs))
+    client.actions = "pull"
+    tags = push.list_tags(client)
+    return {"repository": target,
+            "images": sorted(t.removeprefix("image-") for t in tags if t.startswith("image-")),
+            "actions": sum(1 for t in tags if t.startswith("action-"))}

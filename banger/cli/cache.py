@@ -13,10 +13,24 @@ cache_app = typer_app(no_args_is_help=True, help="Inspect and manage the artifac
 
 
 @cache_app.command("ls")
-def cache_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+def cache_ls(as_json: bool = typer.Option(False, "--json"),
+             remote: Optional[str] = typer.Option(None, "--remote", metavar="REGISTRY/REPO",
+                                                  help="List what a registry repository holds instead.")) -> None:
     """List every artifact: digest, size, last use, referenced by a named image or not."""
     from banger.app.cache import entries
     from banger.core.progress import human_bytes
+
+    if remote:
+        from banger.app.cache import CacheError
+        from banger.app.cache_remote import remote_listing
+        from banger.core.errors import BuildError
+
+        try:
+            listing = remote_listing(dirs(), remote)
+        except (CacheError, BuildError) as exc:
+            fail(f"cannot list {remote}: {exc}")
+        emit(listing, as_json, [f"{remote}: {listing['actions']} actions; images: {', '.join(listing['images']) or '-'}"])
+        return
 
     rows = entries(store())
     emit([e.__dict__ for e in rows], as_json,

@@ -190,3 +190,22 @@ def read_small_blob(client: RegistryClient, digest: str, limit: int = MAX_CONFIG
         raise BuildError(f"digest mismatch: {client.registry}/{client.repository} served {actual} for blob "
                          f"{digest}; nothing was cached")
     return data
+
+
+def list_tags(client: RegistryClient, page: int = 1000, limit: int = 1_000_000) -> list[str]:
+    """Every tag of the repository (following Link: rel="next" pages); [] for no repository."""
+    tags: list[str] = []
+    path: str | None = f"tags/list?n={page}"
+    url: str | None = None
+    while path or url:
+        with client.request("GET", path or "tags/list", url=url) as resp:
+            if resp.status_code == 404:
+                return []
+            client.raise_for_status(resp, "the tag list")
+            try:
+                tags += [str(t) for t in (resp.json().get("tags") or [])]
+            except (ValueError, AttributeError):
+                raise BuildError(f"{client.registry} sent a tag list that is not JSON") from None
+            m = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', resp.headers.get("Link", ""))
+        path, url = None, (m.group(1) if m and len(tags) < limit else None)
+    return tags

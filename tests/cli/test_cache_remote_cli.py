@@ -81,6 +81,10 @@ def test_cache_to_then_cache_from_into_an_empty_home_runs_no_step(homes, auth_re
     stats = json.loads(again.stdout)
     assert stats["bytes_sent"] == 0 and stats["blobs_sent"] == 0 and stats["actions_sent"] == 0
 
+    listed = run("c", "cache", "ls", "--remote", target, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"repository": target, "images": ["small"], "actions": len(statuses(a))}
+
     c = run("c", "cache", "pull", target, "--image", "small", "--json")
     assert c.returncode == 0, c.stderr
     assert json.loads(c.stdout)["records_pulled"] == len(statuses(a))
