@@ -30,9 +30,9 @@ def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
     with building(dirs, log):  # until the image is named, nothing references what the build made
         record = record_image(execute(spec, dirs, log, cache_from), spec)
     if cache_to:
-        from banger.app import cache_remote
+        from banger.app import cache_remote_ops
 
-        cache_remote.push_after_build(dirs, cache_to, record.name, log or (lambda msg: None))
+        cache_remote_ops.push_after_build(dirs, cache_to, record.name, log or (lambda msg: None))
     return record
 
 
@@ -59,9 +59,9 @@ def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = Non
 def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None,
              cache_from: Sequence[str] = ()) -> Build:
     build = new_build(spec, dirs, log)
-    from banger.app import cache_remote
+    from banger.app import cache_remote_ops
 
-    cache_remote.attach(build, dirs, cache_from)
+    cache_remote_ops.attach(build, dirs, cache_from)
     # checks kernel= and hypervisor=, then resolves the image; errors here are one line
     task_dicts = list(pipeline.tasks(build, spec))
     dep_file = build.store.root / "staging" / f"doit-{procs.owner_tag()}.json"

@@ -15,7 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
+from banger.app import cache_signing as signing
 from banger.app import record_rules
+from banger.app.cache_signing import Signer
 from banger.app import remote_layout as layout
 from banger.app.archive_io import ArchiveError
 from banger.app.cache import CacheError, image_closure
@@ -81,23 +83,34 @@ def _manifest(artifact_type: str, config: bytes, layers: list[dict], annotations
             "layers": layers or [layout.EMPTY], "annotations": annotations}
 
 
-def _same_entry(client: RegistryClient, tag: str, config: bytes) -> bool:
-    """The tag holds a manifest whose config is exactly `config` (then nothing needs sending)."""
+def _same_entry(client: RegistryClient, tag: str, config: bytes, signer: Signer | None) -> bool:
+    """The tag holds a manifest whose config is exactly `config`, signed by `signer` if given
+    (then nothing needs sending)."""
     from banger.core import digest as dg
 
     if push.has_manifest(client, tag, ACCEPT) is None:
         return False
     body, _, _ = client.get_manifest(tag)
     try:
-        return json.loads(body)["config"]["digest"] == dg.of_bytes(config)
-    except (ValueError, KeyError, TypeError):
+        manifest = json.loads(body)
+        signed = signer is None or (manifest.get("annotations") or {}).get(signing.A_SIGNED_BY) == signer.public
+        return manifest["config"]["digest"] == dg.of_bytes(config) and signed
+    except (ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
-def push_action(client: RegistryClient, store: Store, record: ActionRecord, stats: PushStats) -> None:
+def _signed(manifest: dict, tag: str, signer: Signer | None) -> dict:
+    if signer is not None:
+        manifest["annotations"] = {**manifest["annotations"],
+                                   **signer.annotations(tag, manifest["config"]["digest"])}
+    return manifest
+
+
+def push_action(client: RegistryClient, store: Store, record: ActionRecord, stats: PushStats,
+                signer: Signer | None = None) -> None:
     tag = layout.action_tag(record.key)
     config = _config_bytes(record.to_json())
-    if _same_entry(client, tag, config):
+    if _same_entry(client, tag, config, signer):
         stats.actions_present += 1
         return
     with store.staging("push-") as stage:
@@ -111,8 +124,8 @@ def push_action(client: RegistryClient, store: Store, record: ActionRecord, stat
             layer = layout.encode(store, name, digest, stage)
             _send_blob(client, layer.descriptor, layer.path, stats)
             layers.append(layer.descriptor)
-        manifest = _manifest(layout.ACTION_TYPE, config, layers,
-                             {"dev.banger.key": record.key, "dev.banger.step": record.step})
+        manifest = _signed(_manifest(layout.ACTION_TYPE, config, layers,
+                                     {"dev.banger.key": record.key, "dev.banger.step": record.step}), tag, signer)
         _send_blob(client, manifest["config"], config, stats)
         if manifest["layers"] == [layout.EMPTY]:
             _send_blob(client, layout.EMPTY, b"{}", stats)
@@ -120,21 +133,22 @@ def push_action(client: RegistryClient, store: Store, record: ActionRecord, stat
     stats.actions_sent += 1
 
 
-def push_image(client: RegistryClient, store: Store, name: str, stats: PushStats) -> None:
+def push_image(client: RegistryClient, store: Store, name: str, stats: PushStats,
+               signer: Signer | None = None) -> None:
     image = images.load(store, name)
     keys, _ = image_closure(store, image)
     for key in sorted(keys):
         record = store.get_record(key)
         if record is None:
             raise CacheError(f"image {name}: the record of step {key[:12]} is not in the cache; rebuild it first")
-        push_action(client, store, record, stats)
+        push_action(client, store, record, stats, signer)
     config = images._path(store, name).read_bytes()
     tag = layout.image_tag(name)
-    if not _same_entry(client, tag, config):
-        _send_blob(client, _manifest(layout.IMAGE_TYPE, config, [], {})["config"], config, stats)
+    if not _same_entry(client, tag, config, signer):
+        manifest = _signed(_manifest(layout.IMAGE_TYPE, config, [], {"dev.banger.image": name}), tag, signer)
+        _send_blob(client, manifest["config"], config, stats)
         _send_blob(client, layout.EMPTY, b"{}", stats)
-        push.put_manifest(client, tag, _manifest(layout.IMAGE_TYPE, config, [], {"dev.banger.image": name}),
-                          layout.MANIFEST_TYPE)
+        push.put_manifest(client, tag, manifest, layout.MANIFEST_TYPE)
     stats.images.append(name)
 
 
@@ -161,7 +175,7 @@ def _entry(client: RegistryClient, tag: str, artifact_type: str) -> tuple[dict, 
         raise
 
 
-def pull_action(client: RegistryClient, store: Store, key: str) -> ActionRecord | None:
+def pull_action(client: RegistryClient, store: Store, key: str, trusted: Sequence[str] = ()) -> ActionRecord | None:
     """The record of `key` from the registry, with its outputs, verified and put in the store;
     None when the registry has no entry for it; RemoteRefused (nothing cached) if it is wrong."""
     where = f"{client.registry}/{client.repository}"
@@ -172,6 +186,9 @@ def pull_action(client: RegistryClient, store: Store, key: str) -> ActionRecord 
     if found is None:
         return None
     manifest, config = found
+    untrusted = signing.problem(manifest, layout.action_tag(key), manifest["config"]["digest"], list(trusted))
+    if untrusted:
+        raise RemoteRefused(f"refused the entry for {key[:12]} from {where}: {untrusted}; nothing was cached")
     try:
         record = parse_record(config, key)
     except DamagedRecord as exc:
@@ -225,7 +242,7 @@ def _fetch_outputs(client: RegistryClient, store: Store, record: ActionRecord, l
                 store.ingest_file(path, expected=digest, hashed=digest)
 
 
-def pull_image(client: RegistryClient, store: Store, name: str) -> dict:
+def pull_image(client: RegistryClient, store: Store, name: str, trusted: Sequence[str] = ()) -> dict:
     """An image's records and outputs, then its image record (a local image of that name that
     differs is kept). Returns what was pulled."""
     where = f"{client.registry}/{client.repository}"
@@ -237,6 +254,9 @@ def pull_image(client: RegistryClient, store: Store, name: str) -> dict:
         raise RemoteRefused(f"refused image {name} from {where}: {exc}") from None
     if found is None:
         raise CacheError(f"{where} has no image {name}; push it with `banger cache push {where} --image {name}`")
+    untrusted = signing.problem(found[0], layout.image_tag(name), found[0]["config"]["digest"], list(trusted))
+    if untrusted:
+        raise RemoteRefused(f"refused image {name} from {where}: {untrusted}; nothing was cached")
     try:
         image = images.ImageRecord(**json.loads(found[1]))
         steps_ok = isinstance(image.steps, list) and all(isinstance(s, dict) and isinstance(s.get("key"), str)
@@ -249,7 +269,7 @@ def pull_image(client: RegistryClient, store: Store, name: str) -> dict:
     for step in image.steps:
         record = store.get_record(step["key"])
         if record is None or not store.record_valid(record):
-            record = pull_action(client, store, step["key"])
+            record = pull_action(client, store, step["key"], trusted)
             if record is None:
                 raise CacheError(f"{where} has image {name} but not its step {step['step']} ({step['key'][:12]}); "
                                  f"push it again")
@@ -265,110 +285,3 @@ def pull_image(client: RegistryClient, store: Store, name: str) -> dict:
     if mine is None:
         images.save(store, image)
     return {"image": name, "records_pulled": pulled, "records": len(image.steps), "kept_local": kept_local}
-
-
-# ---- what `banger cache push/pull` call ------------------------------------------------------------
-def insecure_of(dirs) -> list[str]:
-    from banger.core.config import load_config
-
-    value = load_config(dirs).get("insecure_registries", [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CacheError('insecure_registries in banger\'s config must be a list of "host[:port]" strings')
-    return value
-
-
-def push_images(dirs, target: str, names: list[str] | None) -> PushStats:
-    """Push the named images (None: every named image) with their records and outputs."""
-    store = Store(dirs.cache, dirs.trees)
-    client = client_for(target, insecure_of(dirs))
-    wanted = names if names is not None else [i.name for i in images.all_images(store)]
-    if not wanted:
-        raise CacheError("there is no named image to push; build one first")
-    stats = PushStats()
-    for name in wanted:
-        push_image(client, store, name, stats)
-    return stats
-
-
-def pull_images(dirs, target: str, name: str) -> dict:
-    """Pull one image's records, outputs and image record (held like a build against `cache gc`)."""
-    from banger.core import inflight
-
-    store = Store(dirs.cache, dirs.trees)
-    client = client_for(target, insecure_of(dirs))
-    with inflight.building(store.root):
-        return pull_image(client, store, name)
-
-
-# ---- a build's --cache-from / --cache-to ------------------------------------------------------------
-class RemoteLookup:
-    """Build.remote: on a local miss, ask each --cache-from registry in turn. A registry that is
-    down or refuses banger is warned about once and not asked again in this build; a refused
-    entry is warned about and the step runs locally."""
-
-    def __init__(self, store: Store, clients: list[RegistryClient], log):
-        self.store, self.clients, self.log = store, clients, log
-        self.asked: set[str] = set()  # asked once in this build (doit's check, then the run)
-
-    def __call__(self, key: str) -> ActionRecord | None:
-        if key in self.asked:
-            return None
-        self.asked.add(key)
-        for client in list(self.clients):
-            where = f"{client.registry}/{client.repository}"
-            try:
-                record = pull_action(client, self.store, key)
-            except RemoteRefused as exc:
-                self.log(f"warning: {exc}; the step runs locally")
-                continue
-            except (BuildError, CacheError, OSError) as exc:
-                self.log(f"warning: cache {where} is not usable ({exc}); building locally")
-                self.clients.remove(client)
-                continue
-            if record is not None:
-                self.log(f"{record.step}: pulled from {where}")
-                return record
-        return None
-
-
-def attach(build, dirs, cache_from: Sequence[str]) -> None:
-    """Point the build's remote lookup at `cache_from` and the config's `cache_from` list."""
-    from banger.core.config import load_config
-
-    configured = load_config(dirs).get("cache_from", [])
-    if not isinstance(configured, list) or not all(isinstance(v, str) for v in configured):
-        raise BuildError('cache_from in banger\'s config must be a list of "REGISTRY/REPO" strings')
-    targets = list(dict.fromkeys([*cache_from, *configured]))
-    if not targets:
-        return
-    try:
-        insecure = insecure_of(dirs)
-        clients = [client_for(t, insecure) for t in targets]
-    except CacheError as exc:
-        raise BuildError(f"--cache-from: {exc}") from None
-    for client in clients:
-        client.actions = "pull"
-    build.remote = RemoteLookup(build.store, clients, build.log)
-
-
-def push_after_build(dirs, target: str, name: str, log) -> PushStats | None:
-    """--cache-to: push the image just built; a failure is one warning line, not a failed build."""
-    from banger.core.progress import human_bytes
-
-    try:
-        stats = push_images(dirs, target, [name])
-    except (BuildError, CacheError, images.ImageError, OSError) as exc:
-        log(f"warning: --cache-to {target}: {exc}; the image is built and cached locally only")
-        return None
-    log(f"pushed {name} to {target}: {stats.actions_sent} actions, {human_bytes(stats.bytes_sent)} sent")
-    return stats
-
-
-def remote_listing(dirs, target: str) -> dict:
-    """`cache ls --remote`: the images a repository holds and how many actions."""
-    client = client_for(target, insecure_of(dirs))
-    client.actions = "pull"
-    tags = push.list_tags(client)
-    return {"repository": target,
-            "images": sorted(t.removeprefix("image-") for t in tags if t.startswith("image-")),
-            "actions": sum(1 for t in tags if t.startswith("action-"))}

@@ -22,7 +22,7 @@ def cache_ls(as_json: bool = typer.Option(False, "--json"),
 
     if remote:
         from banger.app.cache import CacheError
-        from banger.app.cache_remote import remote_listing
+        from banger.app.cache_remote_ops import remote_listing
         from banger.core.errors import BuildError
 
         try:
@@ -147,7 +147,7 @@ def cache_push(target: str = typer.Argument(..., metavar="REGISTRY/REPO"),
     """Push images' action records and outputs to an OCI registry, one artifact per action;
     what the registry already has is not sent again."""
     from banger.app.cache import CacheError
-    from banger.app.cache_remote import push_images
+    from banger.app.cache_remote_ops import push_images
     from banger.core.errors import BuildError
     from banger.core.images import ImageError
     from banger.core.progress import human_bytes
@@ -171,7 +171,7 @@ def cache_pull(target: str = typer.Argument(..., metavar="REGISTRY/REPO"),
     """Pull an image's action records, outputs and image record from an OCI registry; every
     record and output is verified before it is cached."""
     from banger.app.cache import CacheError
-    from banger.app.cache_remote import pull_images
+    from banger.app.cache_remote_ops import pull_images
     from banger.core.errors import BuildError
 
     try:
@@ -182,3 +182,18 @@ def cache_pull(target: str = typer.Argument(..., metavar="REGISTRY/REPO"),
     if result["kept_local"]:
         lines.append(f"kept the local image {image}: the registry's differs")
     emit(result, as_json, lines)
+
+
+@cache_app.command("keygen")
+def cache_keygen() -> None:
+    """Make the ed25519 key that signs what `cache push` and --cache-to write; prints the public
+    key to put in `trusted_keys` in the config of those who pull."""
+    from banger.app.cache import CacheError
+    from banger.app.cache_signing import key_path, keygen
+
+    try:
+        public = keygen(dirs())
+    except CacheError as exc:
+        fail(str(exc))
+    say(f"signing key written to {key_path(dirs())}; trust it with this line in trusted_keys:")
+    typer.echo(public)

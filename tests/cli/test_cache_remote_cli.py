@@ -146,3 +146,39 @@ def test_a_tampered_record_in_the_registry_is_refused_and_the_step_runs_locally(
     steps = statuses(b)
     assert steps["ext4"] == "ran" and steps["ownership"] == "cached", b.stderr
     assert run("b", "cache", "verify").returncode == 0
+
+
+def test_with_trusted_keys_only_entries_signed_by_a_trusted_key_are_used(homes, auth_registry, tmp_path):
+    run, words = homes
+    config_file = tmp_path / "config" / "banger" / "config.json"
+    keygen = run("a", "cache", "keygen")
+    assert keygen.returncode == 0, keygen.stderr
+    public = keygen.stdout.strip()
+    assert public.startswith("banger-ed25519:") and "trusted_keys" in keygen.stderr
+    assert run("a", "cache", "keygen").returncode == 1  # never replaced
+    key_file = tmp_path / "config" / "banger" / "cache-signing.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    signed, unsigned = f"{auth_registry.host}/team/signed", f"{auth_registry.host}/team/unsigned"
+    assert run("a", *words, "--cache-to", signed).returncode == 0
+    key_file.rename(tmp_path / "key.away")  # the same image pushed without a key: unsigned entries
+    assert run("a", "cache", "push", unsigned, "--image", "small").returncode == 0
+
+    config_file.write_text(json.dumps({"trusted_keys": [public]}))
+    b = run("b", *words, "--cache-from", signed)
+    assert b.returncode == 0 and set(statuses(b).values()) == {"cached"}, b.stderr
+
+    c = run("c", *words, "--cache-from", unsigned)
+    assert c.returncode == 0, c.stderr
+    warnings = [line for line in c.stderr.splitlines() if line.startswith("warning")]
+    assert warnings and all("not signed and trusted_keys is set" in w for w in warnings), c.stderr
+    assert "cached" not in statuses(c).values()
+    pull = run("d", "cache", "pull", unsigned, "--image", "small")
+    assert pull.returncode == 1 and "not signed and trusted_keys is set" in pull.stderr
+    assert pull.stderr.count("\n") == 1
+
+    other = "banger-ed25519:" + __import__("base64").b64encode(b"\1" * 32).decode()
+    config_file.write_text(json.dumps({"trusted_keys": [other]}))
+    e = run("e", "cache", "pull", signed, "--image", "small")
+    assert e.returncode == 1 and "which is not in trusted_keys" in e.stderr, e.stderr
+    config_file.unlink()
