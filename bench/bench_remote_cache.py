@@ -5,6 +5,7 @@
 e.g. image=oci-layout:cache/test-fixtures/debian-oci:bookworm kernel=debian-cloud-amd64 (W1-like).
 boot=no is added. The build uses your state dir (kernels, the managed SSH key the inject step
 bakes in); caches are fresh temporary dirs. Measures:
+  local       `banger build` into an empty cache C (the cold local build to compare with)
   cold        `banger build --cache-to R` into an empty cache A (build + push)
   push        the push alone (`cache push` from A into a second, empty repository)
   push again  the same push: actions and bytes sent (should be 0 bytes)
@@ -61,6 +62,8 @@ def main() -> None:
             target = f"{reg.host}/bench/cache"
             env_a = {"BANGER_CACHE_DIR": str(tmp_path / "a"), "BANGER_TREES_DIR": "cache"}
             env_b = {"BANGER_CACHE_DIR": str(tmp_path / "b"), "BANGER_TREES_DIR": "cache"}
+            local, _, _ = banger({"BANGER_CACHE_DIR": str(tmp_path / "c"), "BANGER_TREES_DIR": "cache"},
+                                 "build", *words)
             cold, built, err = banger(env_a, "build", *words, "--cache-to", target)
             pushed_line = next((line for line in err.splitlines() if line.startswith("pushed ")), "?")
             push_wall, stats, _ = banger(env_a, "cache", "push", f"{reg.host}/bench/second", "--image", "bench-remote")
@@ -76,6 +79,7 @@ def main() -> None:
         finally:
             reg.stop()
     print(f"build words: {' '.join(words)}")
+    print(f"cold local build (C)      {local:7.1f} s")
     print(f"cold build + push (A)     {cold:7.1f} s   ({pushed_line})")
     print(f"push alone, new repo      {push_wall:7.1f} s   {stats['actions_sent']} actions, "
           f"{stats['blobs_sent']} blobs, {mb(stats['bytes_sent'])} sent")
