@@ -134,15 +134,18 @@ def write_sparse(src: BinaryIO, fd: int, algorithm: str | None = None) -> str | 
     """Copy src to the new file fd; aligned zero blocks become holes. The content digest if
     `algorithm` is given (taken over every byte, holes included)."""
     h = dg.hasher(algorithm) if algorithm else None
-    zeros = bytes(BLOCK)
+    zeros, zero_chunk = bytes(BLOCK), bytes(CHUNK)
     pos = 0
     while chunk := src.read(CHUNK):
         if h is not None:
             h.update(chunk)
+        if len(chunk) == CHUNK and chunk == zero_chunk:  # one memcmp for a whole hole
+            pos += CHUNK
+            continue
         view = memoryview(chunk)
         for start in range(0, len(view), BLOCK):
             piece = view[start:start + BLOCK]
-            if piece != zeros[:len(piece)]:
+            if piece != (zeros if len(piece) == BLOCK else zeros[:len(piece)]):
                 os.pwrite(fd, piece, pos + start)
         pos += len(chunk)
     os.ftruncate(fd, pos)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from banger.engine import doit_runner
 from banger.core import images, inflight, procs
@@ -22,9 +22,18 @@ def new_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
     return build
 
 
-def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> images.ImageRecord:
+def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None,
+              cache_from: Sequence[str] = (), cache_to: str | None = None) -> images.ImageRecord:
+    """`cache_from`: registries consulted on a local miss (with `cache_from` in the config);
+    `cache_to`: where the image's records and outputs are pushed after the build. A registry that
+    cannot be used costs one warning line, the build goes on locally (cache_remote.py)."""
     with building(dirs, log):  # until the image is named, nothing references what the build made
-        return record_image(execute(spec, dirs, log), spec)
+        record = record_image(execute(spec, dirs, log, cache_from), spec)
+    if cache_to:
+        from banger.app import cache_remote_ops
+
+        cache_remote_ops.push_after_build(dirs, cache_to, record.name, log or (lambda msg: None))
+    return record
 
 
 def building(dirs: Dirs, log: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
@@ -40,14 +49,19 @@ def hold_for_process(build: Build) -> None:
     build.context["inflight"] = stack
 
 
-def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
+def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None,
+            cache_from: Sequence[str] = ()) -> Build:
     """Run every step (cached ones cost a lookup); raises BuildError with one line on failure."""
     with building(dirs, log):
-        return _execute(spec, dirs, log)
+        return _execute(spec, dirs, log, cache_from)
 
 
-def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None) -> Build:
+def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None,
+             cache_from: Sequence[str] = ()) -> Build:
     build = new_build(spec, dirs, log)
+    from banger.app import cache_remote_ops
+
+    cache_remote_ops.attach(build, dirs, cache_from)
     # checks kernel= and hypervisor=, then resolves the image; errors here are one line
     task_dicts = list(pipeline.tasks(build, spec))
     dep_file = build.store.root / "staging" / f"doit-{procs.owner_tag()}.json"

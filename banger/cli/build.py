@@ -12,7 +12,11 @@ def build(words: List[str] = typer.Argument(..., metavar="image=REF [name=N] [ke
                                             help="doit-style key=value words."),
           explain: bool = typer.Option(False, "--explain", help="Only say, per step, cached or will-run and why."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-          check: bool = typer.Option(False, "--check", help="Rebuild the cached image and report any byte difference.")) -> None:
+          check: bool = typer.Option(False, "--check", help="Rebuild the cached image and report any byte difference."),
+          cache_from: List[str] = typer.Option([], "--cache-from", metavar="REGISTRY/REPO",
+                                               help="Consult this registry on a local miss (repeatable)."),
+          cache_to: str = typer.Option(None, "--cache-to", metavar="REGISTRY/REPO",
+                                       help="Push the image's records and outputs here after the build.")) -> None:
     """Build (and boot-check) an image: fetch, flatten, ext4, ownership, inject, stage kernel, boot."""
     from banger.app.build import explain as explain_build, run_build, summary_lines
     from banger.core.errors import BuildError
@@ -32,7 +36,8 @@ def build(words: List[str] = typer.Argument(..., metavar="image=REF [name=N] [ke
             if not result["identical"]:
                 raise typer.Exit(1)
             return
-        record = run_build(spec, dirs(), log=lambda m: typer.echo(m, err=True))
+        record = run_build(spec, dirs(), log=lambda m: typer.echo(m, err=True), cache_from=cache_from,
+                           cache_to=cache_to)
     except (BuildError, SpecError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

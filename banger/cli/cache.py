@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -13,10 +13,24 @@ cache_app = typer_app(no_args_is_help=True, help="Inspect and manage the artifac
 
 
 @cache_app.command("ls")
-def cache_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+def cache_ls(as_json: bool = typer.Option(False, "--json"),
+             remote: Optional[str] = typer.Option(None, "--remote", metavar="REGISTRY/REPO",
+                                                  help="List what a registry repository holds instead.")) -> None:
     """List every artifact: digest, size, last use, referenced by a named image or not."""
     from banger.app.cache import entries
     from banger.core.progress import human_bytes
+
+    if remote:
+        from banger.app.cache import CacheError
+        from banger.app.cache_remote_ops import remote_listing
+        from banger.core.errors import BuildError
+
+        try:
+            listing = remote_listing(dirs(), remote)
+        except (CacheError, BuildError) as exc:
+            fail(f"cannot list {remote}: {exc}")
+        emit(listing, as_json, [f"{remote}: {listing['actions']} actions; images: {', '.join(listing['images']) or '-'}"])
+        return
 
     rows = entries(store())
     emit([e.__dict__ for e in rows], as_json,
@@ -122,3 +136,63 @@ def cache_import(file: Path, as_json: bool = typer.Option(False, "--json")) -> N
     lines += [f"kept the local image {n}: the archive's differs" for n in result["images_kept_local"]]
     lines += [f"refused record {r}" if not r.startswith("image ") else f"refused {r}" for r in result["refused"]]
     emit(result, as_json, lines)
+
+
+@cache_app.command("push")
+def cache_push(target: str = typer.Argument(..., metavar="REGISTRY/REPO"),
+               image: Optional[List[str]] = typer.Option(None, "--image", help="named image to push (repeatable)"),
+               all_images: bool = typer.Option(False, "--all", help="push every named image"),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Push images' action records and outputs to an OCI registry, one artifact per action;
+    what the registry already has is not sent again."""
+    from banger.app.cache import CacheError
+    from banger.app.cache_remote_ops import push_images
+    from banger.core.errors import BuildError
+    from banger.core.images import ImageError
+    from banger.core.progress import human_bytes
+
+    if bool(image) == all_images:
+        fail("name what to push: --image NAME (repeatable) or --all")
+    try:
+        stats = push_images(dirs(), target, None if all_images else list(image or []))
+    except (CacheError, ImageError, BuildError) as exc:
+        fail(f"push to {target} failed: {exc}")
+    emit(stats.__dict__, as_json,
+         [f"pushed {', '.join(stats.images)} to {target}: {stats.actions_sent} actions sent, "
+          f"{stats.actions_present} already there; {stats.blobs_sent} blobs ({human_bytes(stats.bytes_sent)}) sent, "
+          f"{stats.blobs_present} already there"])
+
+
+@cache_app.command("pull")
+def cache_pull(target: str = typer.Argument(..., metavar="REGISTRY/REPO"),
+               image: str = typer.Option(..., "--image", help="named image to pull"),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Pull an image's action records, outputs and image record from an OCI registry; every
+    record and output is verified before it is cached."""
+    from banger.app.cache import CacheError
+    from banger.app.cache_remote_ops import pull_images
+    from banger.core.errors import BuildError
+
+    try:
+        result = pull_images(dirs(), target, image)
+    except (CacheError, BuildError) as exc:
+        fail(f"pull from {target} failed: {exc}")
+    lines = [f"pulled {image} from {target}: {result['records_pulled']} of {result['records']} records fetched"]
+    if result["kept_local"]:
+        lines.append(f"kept the local image {image}: the registry's differs")
+    emit(result, as_json, lines)
+
+
+@cache_app.command("keygen")
+def cache_keygen() -> None:
+    """Make the ed25519 key that signs what `cache push` and --cache-to write; prints the public
+    key to put in `trusted_keys` in the config of those who pull."""
+    from banger.app.cache import CacheError
+    from banger.app.cache_signing import key_path, keygen
+
+    try:
+        public = keygen(dirs())
+    except CacheError as exc:
+        fail(str(exc))
+    say(f"signing key written to {key_path(dirs())}; trust it with this line in trusted_keys:")
+    typer.echo(public)

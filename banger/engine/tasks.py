@@ -79,6 +79,9 @@ class Build:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.context: dict[str, Any] = {}  # per-build facts the steps share (image ref, kernel...)
         self.error: str | None = None
+        # consulted on a local miss (--cache-from): key -> the record, pulled, verified and in the
+        # store, or None; it warns (build.log) and returns None when the remote cannot help
+        self.remote: Callable[[str], ActionRecord | None] | None = None
 
     def output(self, step: str, name: str) -> str:
         try:
@@ -98,6 +101,10 @@ class Build:
         why = self.store.damaged.pop(key, None)
         if why:
             self.log(f"{step.name}: its cached record was damaged ({why}); removed it, the step runs again")
+        if self.remote is not None:
+            record = self.remote(key)
+            if record is not None and record.step == step.name and self.store.record_valid(record):
+                return record
         return None
 
     def is_cached(self, step: StepDef) -> bool:

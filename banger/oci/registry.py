@@ -51,6 +51,7 @@ class RegistryClient:
         self._auth: str | None = None
         self._ready = False
         self._creds: auth.Credentials | None | bool = False  # False = not looked up yet
+        self.actions = "pull"  # the token scope asked for: "pull,push" to push (registry_push.py)
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _credentials(self) -> auth.Credentials | None:
@@ -68,14 +69,14 @@ class RegistryClient:
                          f"add the host to insecure_registries in banger's config if that is intended")
 
     def _send(self, method: str, url: str, headers: dict, stream: bool,
-              timeout: tuple[float, float] | None = None) -> requests.Response:
+              timeout: tuple[float, float] | None = None, body: Callable[[], object] | None = None) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             self._check_scheme(url)
             sent = dict(headers)
             if self._auth and origin(url) == origin(self.base):
                 sent["Authorization"] = self._auth
             resp = self.session.request(method, url, headers=sent, stream=stream, timeout=timeout or self.timeout,
-                                        allow_redirects=False, auth=no_auth)
+                                        allow_redirects=False, auth=no_auth, data=body() if body else None)
             if resp.status_code in REDIRECTS and resp.headers.get("Location"):
                 resp.close()
                 url = urljoin(url, resp.headers["Location"])
@@ -154,7 +155,7 @@ class RegistryClient:
         if urlsplit(realm).scheme not in ("http", "https"):
             raise BuildError(f"{self.registry} sent a Bearer challenge without a usable realm ({realm[:80]!r})")
         self._check_scheme(realm)
-        query = {"scope": params.get("scope") or f"repository:{self.repository}:pull"}
+        query = {"scope": params.get("scope") or f"repository:{self.repository}:{self.actions}"}
         if params.get("service"):
             query["service"] = params["service"]
         basic = (creds.username, creds.password) if creds else None
@@ -176,13 +177,16 @@ class RegistryClient:
 
     # ---- API ---------------------------------------------------------------------------------
     def request(self, method: str, path: str, headers: dict | None = None, stream: bool = False,
-                timeout: tuple[float, float] | None = None) -> requests.Response:
-        """A request under /v2/<repository>/, authenticated, retried, re-authenticated once on 401."""
+                timeout: tuple[float, float] | None = None, body: Callable[[], object] | None = None,
+                url: str | None = None) -> requests.Response:
+        """A request under /v2/<repository>/ (or to `url`, e.g. an upload's Location), authenticated,
+        retried, re-authenticated once on 401. `body` makes a fresh request body for each attempt."""
         self._ensure_ready()
-        url = f"{self.base}/v2/{self.repository}/{path}"
+        url = urljoin(self.base, url) if url else f"{self.base}/v2/{self.repository}/{path}"
         reauthenticated = False
         while True:
-            resp = self.with_retries(lambda: self._send(method, url, headers or {}, stream, timeout), f"{method} {path}")
+            resp = self.with_retries(lambda: self._send(method, url, headers or {}, stream, timeout, body),
+                                     f"{method} {path}")
             if resp.status_code == 401 and not reauthenticated:
                 header = resp.headers.get("WWW-Authenticate", "")
                 resp.close()

@@ -1,0 +1,158 @@
+"""The artifact cache through a real registry (Debian's docker-registry on a loopback port):
+push an image's records and outputs, pull them into an empty cache, build with zero steps run;
+a second push sends no blob bytes; tampered entries are refused with one line, nothing cached."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import requests
+
+from banger.app import build as build_app
+from banger.app import cache_remote as remote
+from banger.app import remote_layout as layout
+from banger.core import config, images
+from banger.core.store import Store
+from tests.support_builds import small_build  # noqa: F401  (a fixture)
+
+
+class CountingSession(requests.Session):
+    """Counts the request body bytes banger sends (blob uploads and manifests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent: list[tuple[str, str, int]] = []
+
+    def request(self, method, url, data=None, **kw):
+        size = len(data) if isinstance(data, bytes) else (
+            __import__("os").fstat(data.fileno()).st_size if hasattr(data, "fileno") else 0)
+        self.sent.append((method, url, size))
+        return super().request(method, url, data=data, **kw)
+
+    def blob_bytes(self) -> int:
+        return sum(n for m, u, n in self.sent if m == "PUT" and "/blobs/uploads/" in u)
+
+
+def other_home(dirs: config.Dirs, tmp_path, name: str) -> config.Dirs:
+    return dataclasses.replace(dirs, cache=tmp_path / name)
+
+
+def test_push_pull_into_an_empty_cache_builds_with_zero_steps_run(small_build, registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, env, spec = small_build
+    first = build_app.run_build(spec, dirs, log=lambda m: None)
+    assert "ran" in {s["status"] for s in first.steps}
+    target = f"{registry.host}/cachetest/push-pull"
+
+    session = CountingSession()
+    stats = remote.PushStats()
+    remote.push_image(remote.client_for(target, session=session), Store(dirs.cache), "small", stats)
+    assert stats.actions_sent == len(first.steps) and stats.bytes_sent > 0
+    assert session.blob_bytes() == stats.bytes_sent
+
+    again, session2 = remote.PushStats(), CountingSession()
+    remote.push_image(remote.client_for(target, session=session2), Store(dirs.cache), "small", again)
+    assert again.actions_sent == 0 and again.actions_present == len(first.steps)
+    assert again.bytes_sent == 0 and session2.blob_bytes() == 0
+    assert not [s for s in session2.sent if s[0] in ("PUT", "POST", "PATCH")]
+
+    home_b = other_home(dirs, tmp_path, "b")
+    store_b = Store(home_b.cache)
+    result = remote.pull_image(remote.client_for(target), store_b, "small")
+    assert result["records_pulled"] == len(first.steps) and not result["kept_local"]
+    assert images.load(store_b, "small").artifacts == first.artifacts
+    rebuilt = build_app.run_build(spec, home_b, log=lambda m: None)
+    assert {s["status"] for s in rebuilt.steps} == {"cached"}
+    assert rebuilt.artifacts == first.artifacts
+    rootfs = first.artifacts["rootfs"]
+    assert Store(home_b.cache).verify(rootfs, full=True)
+
+
+def pushed(small_build, registry, repo: str) -> tuple[config.Dirs, images.ImageRecord, str]:
+    dirs, env, spec = small_build
+    first = build_app.run_build(spec, dirs, log=lambda m: None)
+    target = f"{registry.host}/cachetest/{repo}"
+    remote.push_image(remote.client_for(target), Store(dirs.cache), "small", remote.PushStats())
+    return dirs, first, target
+
+
+def action_manifest(target: str, key: str) -> dict:
+    client = remote.client_for(target)
+    body, _, _ = client.get_manifest(layout.action_tag(key))
+    return json.loads(body)
+
+
+def assert_nothing_cached(store: Store) -> None:
+    assert list(store.artifacts()) == [] and list(store.records()) == [] and images.all_images(store) == []
+    assert list((store.root / "staging").iterdir()) == []
+
+
+def step_key(image: images.ImageRecord, step: str) -> str:
+    return next(s["key"] for s in image.steps if s["step"] == step)
+
+
+def test_a_tampered_blob_in_the_registry_is_refused_and_nothing_is_cached(small_build, registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "tampered-blob")
+    layer = action_manifest(target, step_key(first, "ext4"))["layers"][0]
+    data = registry.root / "data" / "docker/registry/v2/blobs/sha256" / layer["digest"][7:9] / layer["digest"][7:] / "data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+    store_b = Store(tmp_path / "b")
+    with pytest.raises(remote.RemoteRefused) as err:
+        remote.pull_image(remote.client_for(target), store_b, "small")
+    line = str(err.value)
+    assert "\n" not in line and "digest mismatch" in line and layer["digest"] in line and "(ext4)" in line
+    # the steps before ext4 were pulled (each is verified on its own); ext4's outputs and record were not
+    assert store_b.get_record(step_key(first, "ext4")) is None
+    assert not store_b.path(first.artifacts["rootfs"]).exists()
+    assert images.all_images(store_b) == [] and list((store_b.root / "staging").iterdir()) == []
+
+
+def put_entry(target: str, manifest: dict, config_bytes: bytes, tag: str) -> None:
+    from banger.core import digest as dg
+    from banger.oci import registry_push as push
+
+    client = remote.client_for(target)
+    digest = dg.of_bytes(config_bytes)
+    push.upload_bytes(client, config_bytes, digest)
+    manifest = {**manifest, "config": {**manifest["config"], "digest": digest, "size": len(config_bytes)}}
+    push.put_manifest(client, tag, manifest, layout.MANIFEST_TYPE)
+
+
+@pytest.mark.parametrize("forgery", ["a param changed", "an output redirected"])
+def test_a_tampered_record_in_the_registry_is_refused_and_nothing_is_cached(small_build, registry, tmp_path,
+                                                                           monkeypatch, forgery):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, f"tampered-record-{forgery.split()[1]}")
+    key = step_key(first, "ext4")
+    manifest = action_manifest(target, key)
+    record = Store(dirs.cache).get_record(key).to_json()
+    if forgery == "a param changed":  # the key no longer matches the record's contents
+        record["params"] = {**record["params"], "tampered": True}
+        why = "its content does not match its key"
+    else:  # the record names another image; its layer still holds the real one
+        record["outputs"] = {**record["outputs"], "image": "blake3:" + "ab" * 32}
+        manifest["layers"][0]["annotations"][layout.A_DIGEST] = "blake3:" + "ab" * 32
+        why = "digest mismatch"
+    put_entry(target, manifest, json.dumps(record).encode(), layout.action_tag(key))
+
+    store_b = Store(tmp_path / "b")
+    with pytest.raises(remote.RemoteRefused) as err:
+        remote.pull_action(remote.client_for(target), store_b, key)
+    assert "\n" not in str(err.value) and why in str(err.value) and "nothing was cached" in str(err.value)
+    assert_nothing_cached(store_b)
+
+
+def test_an_output_larger_than_the_import_cap_is_refused_before_it_is_downloaded(small_build, registry, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "capped")
+    monkeypatch.setenv("BANGER_IMPORT_MAX_BYTES", "64K")  # the ext4 image decodes to far more
+    store_b = Store(tmp_path / "b")
+    with pytest.raises(remote.RemoteRefused, match=r"\(ext4\).*over the cap of 65536 .*BANGER_IMPORT_MAX_BYTES"):
+        remote.pull_action(remote.client_for(target), store_b, step_key(first, "ext4"))
+    assert_nothing_cached(store_b)
