@@ -58,12 +58,15 @@ def test_a_full_cache_disk_through_the_cli_says_so_and_caches_nothing(tmp_path):
     need("mkfs.ext4", "debugfs")
     layout = tmp_path / "layout"
     make_image(layout, "v1", {"etc/os-release": b"ID=small\n", "big": os.urandom(20 << 20)})
-    with small_disk(tmp_path / "disk", "40m") as disk:
+    # the tree goes to a tmpfs of its own with room for it (a quarter of it stays free), so that the
+    # full disk is met by the ext4 step whatever the host's disks hold (a tree that finds no room
+    # there is staged in the cache, and flatten would hit the full disk first)
+    with small_disk(tmp_path / "disk", "40m") as disk, small_disk(tmp_path / "trees", "200m") as trees:
         dirs = config.Dirs(cache=disk / "cache", state=tmp_path / "state" / "banger",
                            config=tmp_path / "config" / "banger")
         sources.import_dir(dirs, "k", make_kernel_tree(tmp_path / "kernel-src", "6.1.0-99-amd64"))
         env = {**os.environ, "BANGER_CACHE_DIR": str(dirs.cache), "XDG_STATE_HOME": str(tmp_path / "state"),
-               "XDG_CONFIG_HOME": str(tmp_path / "config"), "BANGER_TREES_DIR": str(tmp_path / "trees")}
+               "XDG_CONFIG_HOME": str(tmp_path / "config"), "BANGER_TREES_DIR": str(trees / "ram")}
         for _ in range(2):  # the second time, ext4 runs again: the failure was not cached
             proc = subprocess.run([sys.executable, "-m", "banger", "build", f"image=oci-layout:{layout}:v1",
                                    "size=1G", "kernel=k", "boot=no"], cwd=REPO, capture_output=True,
