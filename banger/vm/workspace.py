@@ -102,12 +102,14 @@ def _copy(repo: Path, tmp: Path, commits: list[str], full_copy: bool) -> Path:
 
 
 def _tar(root: Path, names: list[str] | None = None) -> bytes:
-    """A tar of root (everything, or `names` relative to it), owners dropped."""
+    """A tar of root (everything, or `names` relative to it), owners dropped, mtimes in whole
+    seconds (a fractional one costs a 1 KiB PAX header per file: a fifth of a 10k-file copy)."""
     buf = io.BytesIO()
 
     def anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = "root"
+        info.mtime = int(info.mtime)
         return info
 
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
