@@ -112,3 +112,18 @@ def test_the_guests_committed_and_uncommitted_work_export_as_a_patch_git_apply_t
     assert (clean / "keep.txt").read_text() == "keep, edited\nuncommitted\n"
     assert (clean / "fresh.txt").read_text() == "new\n"
     assert (clean / "new file.txt").read_text() == "untracked\n" and not (clean / "gone.txt").exists()
+
+
+def test_vm_run_hands_its_stdin_to_the_command_whole(env, tmp_path):
+    """Every ssh banger runs before CMD's own (copy, overlay, the guest's git config) leaves
+    banger's stdin alone: piped input reaches CMD from its first byte."""
+    repo = make_repo(tmp_path)
+    sent = b"".join(b"line %d of the input\n" % i for i in range(2000))
+    proc = subprocess.run([sys.executable, "-m", "banger", "vm", "run", str(repo), "--image", "wstest", "--name", "ws2",
+                           "--vcpus", "1", "--memory", "768M", "--", "sh", "-c", "cat; echo end"], input=sent,
+                          capture_output=True, env={**os.environ, **env["vars"]}, cwd=REPO, timeout=900)
+    try:
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        assert proc.stdout == sent + b"end\n", proc.stdout[:300]
+    finally:
+        banger(env["vars"], "vm", "rm", "--force", "ws2", check=False)
