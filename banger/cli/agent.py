@@ -33,7 +33,8 @@ def acp(name: str = typer.Argument(..., help="The VM."),
     d = dirs()
     try:
         record = guest.running(d, name)
-        said = guest.run(d, record, _probe(cwd), timeout=120).stdout.decode("utf-8", "replace").split()
+        # input=b"": the probe's ssh must not read our stdin, where the editor's first request waits
+        said = guest.run(d, record, _probe(cwd), input=b"", timeout=120).stdout.decode("utf-8", "replace").split()
     except VMStateError as exc:
         fail(str(exc))
     except subprocess.TimeoutExpired:

@@ -11,7 +11,7 @@ from banger.cli.common import dirs, emit, typer_app
 from banger.cli.vm_errors import exec_ssh, run as _run
 
 session_app = typer_app(no_args_is_help=True,
-                        help="Commands that keep running in a VM: start, list, logs, attach, send, stop.")
+                        help="Commands that keep running in a VM: start, list, logs, attach, send, stop, rm.")
 COLUMNS = ("SESSION", "STATE", "MODE", "STARTED", "CWD", "COMMAND")
 
 
@@ -102,3 +102,12 @@ def stop(name: str, session: str) -> None:
 
     row = _run(sessions.stop, dirs(), name, session)
     typer.echo(f"session {session} in {name}: {_state(row)}")
+
+
+@session_app.command("rm")
+def rm(name: str, session: str) -> None:
+    """Remove a session that is not running (exited, stopped, or gone after a reboot): its log and metadata."""
+    from banger.vm import sessions
+
+    row = _run(sessions.remove, dirs(), name, session)
+    typer.echo(f"session {session} in {name}: removed (was {_state(row)})")

@@ -10,11 +10,13 @@ banger-specific (SSH key, network bootstrap, guest agent) is added later by the 
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict
@@ -153,6 +155,45 @@ def build_debian_layout(layout_dir: Path, tag: str, cache_dir: Path, suite: str 
         finally:
             remove_tree(new)
         return _tagged_manifest(layout_dir, tag) or desc
+
+
+GIT_FILES = ("usr/bin/git", "usr/lib/git-core", "usr/share/git-core")  # the host's git (no other deps)
+
+
+def _add_blob(layout: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def with_host_files(layout: Path, dest: Path, files: tuple[str, ...] = GIT_FILES) -> Path:
+    """A copy of `layout` (hard links) at `dest` whose image has one more layer: the host's
+    `files` (paths relative to /). With the default, an image with git, taken from a host of the
+    same Debian release as the image."""
+    shutil.copytree(layout, dest, copy_function=os.link)
+    index = json.loads((dest / "index.json").read_text())
+    desc = index["manifests"][0]
+    manifest = json.loads((dest / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_text())
+    config = json.loads((dest / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
+    raw_file = dest.parent / f".{dest.name}-layer.tar"
+    try:
+        with tarfile.open(raw_file, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name in files:
+                tar.add(f"/{name}", arcname=name)
+        raw = raw_file.read_bytes()
+    finally:
+        raw_file.unlink(missing_ok=True)
+    layer = gzip.compress(raw, compresslevel=1, mtime=0)
+    config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(raw).hexdigest())
+    config_bytes = json.dumps(config).encode()
+    manifest["config"] = {**manifest["config"], "digest": _add_blob(dest, config_bytes), "size": len(config_bytes)}
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": _add_blob(dest, layer), "size": len(layer)})
+    manifest_bytes = json.dumps(manifest).encode()
+    index["manifests"] = [{**desc, "digest": _add_blob(dest, manifest_bytes), "size": len(manifest_bytes)}]
+    (dest / "index.json").write_text(json.dumps(index))
+    (dest / "banger-devimage.json").unlink(missing_ok=True)  # no longer the recipe's image
+    return dest
 
 
 # ---- registry ---------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ def start_script(opts: StartOptions, started: float) -> str:
     no = f"exit {PREFLIGHT_EXIT}"
     say = lambda msg: f"{{ echo {shlex.quote(msg)} >&2; {no}; }}"  # noqa: E731
     return "\n".join([
+        *_sessions_lock(),
         f"[ -d {cwd} ] || " + say(f"no directory {opts.cwd} in the guest"),
         f"cd {cwd} && command -v {first} >/dev/null 2>&1 || "
         + say(f"command {opts.command[0]!r} not found in the guest (cwd {opts.cwd})"),
@@ -128,6 +129,12 @@ def start_script(opts: StartOptions, started: float) -> str:
         f"cat > {d}/run <<'BANGER_EOF'\n{wrapper(opts)}BANGER_EOF",
         f"systemctl reset-failed {unit(opts.session)} 2>/dev/null || true",
         argv, ""])
+
+
+def _sessions_lock() -> list[str]:
+    """Script lines holding the guest's sessions lock to the script's end (start and rm take it,
+    so a removal never deletes the directory of a session being started under the same name)."""
+    return [f"mkdir -p {ROOT} && exec 8>{ROOT}/.lock && flock 8"]
 
 
 def _refusal(proc: subprocess.CompletedProcess, what: str) -> None:
@@ -226,6 +233,30 @@ def stop(dirs: Dirs, name: str, session: str) -> dict:
     guest.run(dirs, record, f"systemctl stop {unit(session)} 2>/dev/null; [ -s {d}/exit ] || echo stopped > {d}/exit",
               input=b"", timeout=60)
     return {**row, **get(dirs, name, session, record)}
+
+
+def remove_script(session: str) -> str:
+    """Forget a session that is not running: its unit's failed state, its directory (meta, log,
+    FIFO, exit status). Refuses (PREFLIGHT_EXIT) when its unit runs."""
+    u, d = unit(session), shlex.quote(session_dir(session))
+    running = shlex.quote(f"session {session} is running; `banger vm session stop` it first")
+    return "\n".join([*_sessions_lock(),
+                      f"if systemctl is-active --quiet {u}; then echo {running} >&2; exit {PREFLIGHT_EXIT}; fi",
+                      f"systemctl reset-failed {u} 2>/dev/null || true",
+                      f"rm -rf {d}", ""])
+
+
+def remove(dirs: Dirs, name: str, session: str) -> dict:
+    """Remove a session that is not running (exited, stopped, or gone with a reboot); returns its
+    last row."""
+    record = guest.running(dirs, name)
+    row = get(dirs, name, session, record)
+    if row["state"] == "running":
+        raise SessionError(f"session {session} in {name} is running; "
+                           f"`banger vm session stop {name} {session}` first")
+    proc = guest.run(dirs, record, remove_script(session), input=b"", check=False, timeout=60)
+    _refusal(proc, f"removing session {session}")
+    return row
 
 
 def logs_script(session: str, follow: bool) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 
@@ -116,5 +117,17 @@ def test_the_cli_has_the_session_group():
     from banger.cli.main import app
 
     out = CliRunner().invoke(app, ["vm", "session", "--help"]).output
-    for word in ("start", "list", "logs", "attach", "send", "stop"):
-        assert word in out
+    for word in ("start", "list", "logs", "attach", "send", "stop", "rm"):
+        assert re.search(rf"^\W*{word}\s", out, re.M), word  # a command row of the help
+
+
+def test_rm_and_start_scripts_take_the_sessions_lock_and_rm_refuses_a_running_unit():
+    script = sessions.remove_script("old")
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+    lock = "exec 8>/var/lib/banger/sessions/.lock && flock 8"
+    assert lock in script and lock in sessions.start_script(StartOptions("old", ("cat",)), 1.0)
+    assert script.index("systemctl is-active --quiet banger-session-old") < script.index(
+        "rm -rf /var/lib/banger/sessions/old")
+    assert f"exit {sessions.PREFLIGHT_EXIT}" in script
+    with pytest.raises(SessionError, match="bad session name"):
+        sessions.remove_script("../x")

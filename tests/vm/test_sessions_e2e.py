@@ -175,3 +175,32 @@ def test_attach_to_a_tty_session_types_into_its_pty(vm):
     assert "tty-42" in banger(vm["vars"], "vm", "session", "logs", VM, "shell").stdout
     row = sessions(vm)["shell"]
     assert row["state"] == "running" and row["mode"] == "tty"
+
+
+def test_after_a_restart_sessions_are_gone_and_rm_forgets_the_ones_not_running(vm):
+    banger(vm["vars"], "vm", "session", "start", VM, "nap", "--", "sleep", "600")
+    banger(vm["vars"], "vm", "session", "start", VM, "done", "--pipe", "--", "true")
+    assert wait_for(lambda: sessions(vm)["done"]["state"] == "exited")
+    refused = banger(vm["vars"], "vm", "session", "rm", VM, "nap", check=False)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "nap in sess is running" in refused.stderr and "session stop sess nap" in refused.stderr
+    assert sessions(vm)["nap"]["state"] == "running"
+
+    banger(vm["vars"], "vm", "restart", VM)  # the guest's systemd, and with it every session unit, is new
+    rows = sessions(vm)
+    assert rows["nap"]["state"] == "gone" and rows["nap"]["pid"] is None, rows["nap"]
+    assert rows["done"]["state"] == "exited" and rows["done"]["exit_code"] == 0
+    nap_line = next(line for line in banger(vm["vars"], "vm", "session", "list", VM).stdout.splitlines()
+                    if line.startswith("nap "))
+    assert " gone " in nap_line and "running" not in nap_line
+
+    for name, was in (("nap", "gone"), ("done", "exited (0)")):
+        out = banger(vm["vars"], "vm", "session", "rm", VM, name).stdout
+        assert out.strip() == f"session {name} in {VM}: removed (was {was})"
+        assert ssh(vm, VM, f"test -e /var/lib/banger/sessions/{name}", check=False).returncode == 1
+    assert "nap" not in sessions(vm) and "done" not in sessions(vm)
+    again = banger(vm["vars"], "vm", "session", "rm", VM, "nap", check=False)
+    assert again.returncode == 1 and again.stderr.strip() == "error: no session nap in sess; " \
+        "`banger vm session list sess` lists them"
+    banger(vm["vars"], "vm", "session", "start", VM, "nap", "--", "sleep", "600")  # the name is free again
+    assert sessions(vm)["nap"]["state"] == "running"

@@ -98,6 +98,23 @@ def tree(root: Path) -> dict[str, bytes]:
             if p.is_file() and ".git" not in p.relative_to(root).parts}
 
 
+def test_the_copy_tar_has_no_per_file_pax_headers_and_keeps_whole_second_mtimes(tmp_path):
+    import io
+    import os
+    import tarfile
+
+    for i in range(20):
+        f = tmp_path / f"f{i}.txt"
+        f.write_text("x\n")
+        os.utime(f, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))  # fractional seconds
+    data = workspace._tar(tmp_path)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    assert len(members) == 20 and all(m.pax_headers == {} for m in members)
+    assert {m.mtime for m in members} == {1_700_000_000} and {m.uid for m in members} == {0}
+    assert len(data) <= 20 * 1024 + 10240  # a header and one block per file, plus the end
+
+
 def test_prepare_copies_a_shallow_checkout_with_the_work_tree_and_export_brings_the_work_back(vm_env, local_guest, tmp_path):
     record, target = local_guest
     repo = make_repo(tmp_path)

@@ -4,14 +4,10 @@ guest's tree, history and ownership; the guest's commit and uncommitted work exp
 that `git apply` takes on a clean host checkout."""
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,38 +18,6 @@ from tests.support_tools import REPO, need
 from tests.vm.test_workspace import git, make_repo
 
 pytestmark = pytest.mark.slow
-GIT_FILES = ("usr/bin/git", "usr/lib/git-core", "usr/share/git-core")
-
-
-def _blob(layout: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return f"sha256:{digest}"
-
-
-def git_layout(debian_layout: Path, dest: Path) -> Path:
-    """The Debian layout plus one layer holding the host's git (same Debian release)."""
-    shutil.copytree(debian_layout, dest, copy_function=os.link)
-    index = json.loads((dest / "index.json").read_text())
-    desc = index["manifests"][0]
-    manifest = json.loads((dest / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_text())
-    config = json.loads((dest / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
-    tar_path = dest.parent / "git-layer.tar"
-    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in GIT_FILES:
-            tar.add(f"/{name}", arcname=name)
-    raw = tar_path.read_bytes()
-    layer = gzip.compress(raw, compresslevel=1, mtime=0)
-    config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(raw).hexdigest())
-    config_bytes = json.dumps(config).encode()
-    manifest["config"] = {**manifest["config"], "digest": _blob(dest, config_bytes), "size": len(config_bytes)}
-    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                               "digest": _blob(dest, layer), "size": len(layer)})
-    manifest_bytes = json.dumps(manifest).encode()
-    index["manifests"] = [{**desc, "digest": _blob(dest, manifest_bytes), "size": len(manifest_bytes)}]
-    (dest / "index.json").write_text(json.dumps(index))
-    (dest / "banger-devimage.json").unlink(missing_ok=True)
-    return dest
 
 
 def banger(env_vars, *args, timeout=900, check=True):
@@ -70,7 +34,7 @@ def env(tmp_path_factory, debian_bundle, debian_layout, registry):
     if not Path("/usr/bin/git").exists() or not Path("/etc/debian_version").read_text().startswith("12"):
         pytest.skip("the guest's git comes from the host, which must be Debian 12 like the guest")
     root = tmp_path_factory.mktemp("ws")
-    ref = devimage.push(git_layout(debian_layout, root / "layout"), DEBIAN_TAG, registry.host, "banger-test/debian-git")
+    ref = devimage.push(devimage.with_host_files(debian_layout, root / "layout"), DEBIAN_TAG, registry.host, "banger-test/debian-git")
     state = root / "state" / "banger"
     state.mkdir(parents=True)
     (state / "kernels").symlink_to(debian_bundle.path.parent)
@@ -148,3 +112,18 @@ def test_the_guests_committed_and_uncommitted_work_export_as_a_patch_git_apply_t
     assert (clean / "keep.txt").read_text() == "keep, edited\nuncommitted\n"
     assert (clean / "fresh.txt").read_text() == "new\n"
     assert (clean / "new file.txt").read_text() == "untracked\n" and not (clean / "gone.txt").exists()
+
+
+def test_vm_run_hands_its_stdin_to_the_command_whole(env, tmp_path):
+    """Every ssh banger runs before CMD's own (copy, overlay, the guest's git config) leaves
+    banger's stdin alone: piped input reaches CMD from its first byte."""
+    repo = make_repo(tmp_path)
+    sent = b"".join(b"line %d of the input\n" % i for i in range(2000))
+    proc = subprocess.run([sys.executable, "-m", "banger", "vm", "run", str(repo), "--image", "wstest", "--name", "ws2",
+                           "--vcpus", "1", "--memory", "768M", "--", "sh", "-c", "cat; echo end"], input=sent,
+                          capture_output=True, env={**os.environ, **env["vars"]}, cwd=REPO, timeout=900)
+    try:
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        assert proc.stdout == sent + b"end\n", proc.stdout[:300]
+    finally:
+        banger(env["vars"], "vm", "rm", "--force", "ws2", check=False)
