@@ -162,8 +162,18 @@ GIT_FILES = ("usr/bin/git", "usr/lib/git-core", "usr/share/git-core")  # the hos
 
 def _add_blob(layout: Path, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    path = layout / "blobs" / "sha256" / digest
+    if not path.exists():  # one there already holds these bytes (maybe a link into the source)
+        _replace(path, data)
     return f"sha256:{digest}"
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write a new file in place of `path`: never through it (with_host_files' copy is made of
+    hard links to the source layout's files, which must not change)."""
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def with_host_files(layout: Path, dest: Path, files: tuple[str, ...] = GIT_FILES) -> Path:
@@ -191,7 +201,7 @@ def with_host_files(layout: Path, dest: Path, files: tuple[str, ...] = GIT_FILES
                                "digest": _add_blob(dest, layer), "size": len(layer)})
     manifest_bytes = json.dumps(manifest).encode()
     index["manifests"] = [{**desc, "digest": _add_blob(dest, manifest_bytes), "size": len(manifest_bytes)}]
-    (dest / "index.json").write_text(json.dumps(index))
+    _replace(dest / "index.json", json.dumps(index).encode())
     (dest / "banger-devimage.json").unlink(missing_ok=True)  # no longer the recipe's image
     return dest
 
