@@ -3,7 +3,6 @@ full disk (where, and what to do), not as "size= is too small". Real ENOSPC, fro
 mounted in the test's temporary dir (the tests run as root)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -18,22 +17,7 @@ from banger.kernel import sources
 from banger.steps import ext4
 from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
-from tests.support_tools import REPO, need
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    path.mkdir(parents=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
+from tests.support_tools import REPO, need, small_tmpfs
 
 
 @pytest.mark.parametrize("size", [64 << 20, None])  # populate (debugfs) runs out; mke2fs itself does
@@ -42,7 +26,7 @@ def test_a_full_disk_is_not_a_too_small_image(tmp_path, size):
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "big").write_bytes(os.urandom(40 << 20))  # fits a 64M image, not the 24M disk
-    with small_disk(tmp_path / "disk", "24m") as disk:
+    with small_tmpfs(tmp_path / "disk", "24m") as disk:
         cache = disk / "cache"
         (cache / "staging" / "s").mkdir(parents=True)
         with pytest.raises(BuildError) as exc:
@@ -61,7 +45,7 @@ def test_a_full_cache_disk_through_the_cli_says_so_and_caches_nothing(tmp_path):
     # the tree goes to a tmpfs of its own with room for it (a quarter of it stays free), so that the
     # full disk is met by the ext4 step whatever the host's disks hold (a tree that finds no room
     # there is staged in the cache, and flatten would hit the full disk first)
-    with small_disk(tmp_path / "disk", "40m") as disk, small_disk(tmp_path / "trees", "200m") as trees:
+    with small_tmpfs(tmp_path / "disk", "40m") as disk, small_tmpfs(tmp_path / "trees", "200m") as trees:
         dirs = config.Dirs(cache=disk / "cache", state=tmp_path / "state" / "banger",
                            config=tmp_path / "config" / "banger")
         sources.import_dir(dirs, "k", make_kernel_tree(tmp_path / "kernel-src", "6.1.0-99-amd64"))

@@ -4,13 +4,13 @@ uncompressed sizes as the layer streams, and flatten stops with one line before 
 The room is made small (a parameter, or a small tmpfs mounted in the test's temporary dir)."""
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from tests.support_tools import small_tmpfs
 
 from banger.core.errors import BuildError
 from banger.core.store import Store
@@ -53,25 +53,10 @@ def test_the_room_is_for_all_layers_together(tmp_path):
         flatten_layers(layers, tmp_path / "s" / "rootfs", tmp_path / "s" / "m", room=8 * MiB)
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    path.mkdir(parents=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
-
-
 def test_a_bomb_layer_stops_the_flatten_step_before_it_fills_ram(tmp_path):
     """8 MiB of RAM (6 MiB of room: a quarter stays free): a 7 MiB file would fit the tmpfs
     but not the room; the step fails with one line, leaves nothing in RAM and caches nothing."""
-    with small_tmpfs(tmp_path / "ram", "8m") as ram:
+    with small_tmpfs(tmp_path / "ram", "8m", mode="0700") as ram:
         store = Store(tmp_path / "cache", volatile=ram)
         path, mt, diff_id = zeros_layer(tmp_path, {"etc/hostname": 6, "zeros": 7 * MiB})
         size = path.stat().st_size
@@ -94,7 +79,7 @@ def test_a_bomb_layer_stops_the_flatten_step_before_it_fills_ram(tmp_path):
 
 def test_a_ram_dir_without_room_sends_the_tree_to_disk(tmp_path):
     """Less free than the quarter kept free: the tree is made in the cache, whatever its size."""
-    with small_tmpfs(tmp_path / "ram", "8m") as ram:
+    with small_tmpfs(tmp_path / "ram", "8m", mode="0700") as ram:
         (ram / "filler").write_bytes(bytes(7 * MiB))
         store = Store(tmp_path / "cache", volatile=ram)
         path, mt, diff_id = zeros_layer(tmp_path, {"etc/hostname": 6, "zeros": 2 * MiB})
