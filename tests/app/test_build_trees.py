@@ -14,13 +14,13 @@ def trees_in(ram) -> list[str]:
     return [p.name for alg in (ram / "trees").glob("*") for p in alg.iterdir()] if (ram / "trees").is_dir() else []
 
 
-def test_a_build_leaves_no_tree_in_ram_and_a_rebuild_is_still_cached(small_build, tmp_path, monkeypatch):
+def test_a_build_leaves_no_tree_in_ram_and_a_rebuild_is_still_cached(small_build, ram_dir, monkeypatch):
     dirs, _, spec = small_build
-    dirs = dataclasses.replace(dirs, trees=tmp_path / "ram")
+    dirs = dataclasses.replace(dirs, trees=ram_dir)  # the real /dev/shm: a tree finds room there
     monkeypatch.delenv("BANGER_KEEP_TREES", raising=False)
     first = run_build(spec, dirs)
     assert any(s["status"] == "ran" for s in first.steps)
-    assert trees_in(tmp_path / "ram") == []
+    assert trees_in(ram_dir) == []
     again = run_build(spec, dirs)
     assert {s["status"] for s in again.steps} == {"cached"}  # the tree is not needed for that
     # a change that reruns ext4 remakes the tree from the cached layers
@@ -30,19 +30,19 @@ def test_a_build_leaves_no_tree_in_ram_and_a_rebuild_is_still_cached(small_build
     assert spec.size is None
     bigger = run_build(dataclasses.replace(spec, size=64 << 20), dirs)
     assert {s["step"]: s["status"] for s in bigger.steps}["ext4"] == "ran"
-    assert trees_in(tmp_path / "ram") == []
+    assert trees_in(ram_dir) == []
 
 
-def test_banger_keep_trees_keeps_the_builds_tree(small_build, tmp_path, monkeypatch):
+def test_banger_keep_trees_keeps_the_builds_tree(small_build, ram_dir, monkeypatch):
     dirs, _, spec = small_build
-    dirs = dataclasses.replace(dirs, trees=tmp_path / "ram")
+    dirs = dataclasses.replace(dirs, trees=ram_dir)
     monkeypatch.setenv("BANGER_KEEP_TREES", "1")
     record = run_build(spec, dirs)
     store = Store(dirs.cache, dirs.trees)
     flatten = next(s for s in record.steps if s["step"] == "flatten")
     tree = store.get_record(flatten["key"]).outputs["tree"]
-    assert tree.startswith(TREE) and trees_in(tmp_path / "ram") == [tree.split(":", 1)[1]]
+    assert tree.startswith(TREE) and trees_in(ram_dir) == [tree.split(":", 1)[1]]
     assert os.path.isdir(store.path(tree))
     from banger.app.cache import usage
 
-    assert usage(store)["ram"] > 4096 and usage(store)["ram_path"] == str(tmp_path / "ram")
+    assert usage(store)["ram"] > 4096 and usage(store)["ram_path"] == str(ram_dir)
