@@ -40,8 +40,11 @@ def check(root: Path) -> str:
                              "at a new or empty directory")
     if _is(root / MARKER, stat.S_ISREG):
         return "marked"
-    if not os.listdir(root):
+    entries = os.listdir(root)
+    if not entries:
         return "new"
+    if MARKER in entries and _is(root / MARKER, stat.S_ISREG):  # made meanwhile by a concurrent banger:
+        return "marked"  # open_cache creates the marker before anything else, so a listing sees it
     if all(_is(root / name, stat.S_ISDIR) for name in LAYOUT) or root == config.default_cache():
         return "legacy"
     raise NotACacheError(f"{root} is not a banger cache (it holds other files and no {MARKER}); "

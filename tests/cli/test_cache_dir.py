@@ -96,3 +96,25 @@ def test_the_default_cache_dir_is_banger_s_own_whatever_it_holds(tmp_path):
                                      "BANGER_TREES_DIR": "cache"})
     assert out.returncode == 0, out.stderr
     assert (default / MARKER).is_file() and (default / "demo").is_dir()
+
+
+def test_a_cache_another_banger_is_making_meanwhile_is_not_refused(tmp_path, monkeypatch):
+    """Two first builds into one new cache dir: the other one creates the marker (then its dirs)
+    between this one's marker check and its listing. The listing shows the marker: a cache."""
+    from banger.core import cachedir
+
+    root = tmp_path / "c"
+    root.mkdir()
+    real_is = cachedir._is
+    first = []
+
+    def racing_is(path, kind):
+        if path.name == cachedir.MARKER and not first:  # this banger looks before the other made it
+            first.append(1)
+            cachedir.open_cache(root)  # ... and the other banger runs now
+            (root / "blobs").mkdir()
+            return False
+        return real_is(path, kind)
+
+    monkeypatch.setattr(cachedir, "_is", racing_is)
+    assert cachedir.check(root) == "marked"
