@@ -25,6 +25,7 @@ Outputs:
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -104,6 +105,7 @@ def has_resume_agent(rootfs: Path) -> bool:
     return not any("File not found" in line for line in blocks[0].output)
 
 
+@functools.cache  # as e2fs.version: the key is computed several times per run (lookup, doit, execute)
 def vmm_version(binary: str, what: str) -> str:
     proc = subprocess.run([binary, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           preexec_fn=procs.dies_with_parent())
