@@ -27,6 +27,8 @@ packages=(
   nftables             # nft: outbound NAT for `banger vm create --net bridge` (banger's own table)
   git                  # tests: the cache-compatibility test runs an earlier commit's code
   time                 # GNU time: peak RSS in bench/
+  make gcc flex bison bc libelf-dev libssl-dev   # `banger kernel build`: compiling Linux
+  chromium chromium-driver   # tests: the dashboard in a real headless browser (Selenium)
   ca-certificates
 )
 missing=()
