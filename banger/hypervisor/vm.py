@@ -89,6 +89,10 @@ class GuestNetwork:
         return " ".join(words)
 
 
+# how often a wait reads the console log again: the host waits on the guest's lines at every
+# start, and a read of a small file costs next to nothing
+CONSOLE_POLL = 0.02
+
 # ---- live VM registry, signals, exit -------------------------------------------------------------
 _live: set["VM"] = set()
 _live_lock = threading.Lock()
@@ -164,6 +168,7 @@ class VM:
         self._stopped = False
         self._console_offset = 0
         self._console_buffer = b""
+        self._console_pending: list[str] = []  # lines read after a match: the next wait's first
 
     # ---- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "VM":
@@ -340,8 +345,10 @@ class VM:
         what = what or repr(regex.pattern)
         deadline = time.monotonic() + timeout
         while True:
-            for line in self._new_console_lines():
+            lines, self._console_pending = self._console_pending + self._new_console_lines(), []
+            for i, line in enumerate(lines):
                 if regex.search(line):
+                    self._console_pending = lines[i + 1:]
                     return line
                 if seen is not None:
                     seen.append(line)
@@ -356,7 +363,7 @@ class VM:
             if time.monotonic() >= deadline:
                 raise self.failure(f"the VM ({self.describe()}) did not print {what} on its console "
                                    f"within {timeout:g}s")
-            time.sleep(0.1)
+            time.sleep(CONSOLE_POLL)
 
     # ---- ssh ------------------------------------------------------------------------------------------
     @property

@@ -12,8 +12,10 @@ drops the snapshot and boots the VM cold.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,10 +46,13 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
     vm_dir = records.vm_dir(dirs.state, record.name)
     store = Store(Path(record.cache))
     memory = snap.outputs["memory"]
-    if not store.verify(memory, full=True) or not all(store.verify(snap.outputs[k]) for k in snap.outputs
-                                                      if k != "memory"):
-        raise SnapshotUnusable("the snapshot's files are damaged or gone")
     choice = choose(snap.params["backend"])
+    # the memory file is hashed in full before the guest runs: QEMU's is while QEMU loads it
+    # (the guest stays paused until then), Firecracker's before it is decompressed
+    verified_early = choice.backend != "qemu"
+    if (verified_early and not store.verify(memory, full=True)) or not all(
+            store.verify(snap.outputs[k]) for k in snap.outputs if k != "memory"):
+        raise SnapshotUnusable("the snapshot's files are damaged or gone")
     paths = {k: store.path(v) for k, v in snap.inputs.items()}
     key = ensure_key(dirs.state)
     settings = load_config(dirs)
@@ -64,6 +69,8 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
                       ssh_port=record.ssh_port or None, tap=tap, control_socket=vm_dir / "qmp.sock",
                       resume_socket=vm_dir / "resume.sock", resume_fifo=vm_dir / "console.in", portable_disk=True,
                       **saved)
+    # the SSH client's import (a sixth of a second) is done while QEMU loads the state
+    threading.Thread(target=importlib.import_module, args=("paramiko",), daemon=True).start()
     vm = create_vm(choice, config)
     launch.mark_starting(dirs, record, choice, log, f"restoring from snapshot {snap.key[:12]}")
     start = time.monotonic()
@@ -74,6 +81,8 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
         if config.restore_memory is not None:  # Firecracker mapped it (private): the file can go
             config.restore_memory.unlink(missing_ok=True)
         launch.mark_spawned(dirs, record, vm)
+        if not verified_early and not store.verify(memory, full=True):
+            raise SnapshotUnusable("the snapshot's memory file is damaged")
         try:
             vm.wait_loaded(LOAD_TIMEOUT)
         except VMError as exc:
@@ -88,18 +97,25 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
                                               grow_to_sectors=record.disk_size // 512 if grow else None,
                                               network=tap.network if tap else None, mac=tap.mac if tap else None)
         channel = vm.send_resume(message)
-        seen: list[str] = []
-        ready = vm.wait_for_console_line(READY_PATTERN, timeout=READY_TIMEOUT, seen=seen,
-                                         what="BANGER_READY (the restored guest's readiness line)")
-        timings["guest_ready"] = time.monotonic() - start
-        words = ready.split()
-        offered = guest_assets.parse_hostkey_lines(seen, words[1] if len(words) > 1 else None)
+        # the guest announces its key as soon as sshd can use it (the rest of its identity comes
+        # after): the login runs while it finishes, then its readiness line must follow
         wanted = " ".join(public.split()[:2])
-        if offered != [wanted]:
+        announced = vm.wait_for_console_line(guest_assets.HOSTKEY_LINE, timeout=READY_TIMEOUT,
+                                             what="BANGER_HOSTKEY (the restored guest's key line)")
+        timings["key_announced"] = time.monotonic() - start
+        boot_id, key_type, key_data = guest_assets.HOSTKEY_LINE.search(announced).groups()
+        if f"{key_type} {key_data}" != wanted:
             raise vm.failure("the restored guest did not announce the host key banger sent it")
         if launch.served_key(vm, key.private_path, time.monotonic() + READY_TIMEOUT) != wanted:
             raise vm.failure("the restored VM's sshd presented another host key than the one banger sent it")
         timings["ssh_ready"] = time.monotonic() - start
+        seen: list[str] = [announced]
+        ready = vm.wait_for_console_line(READY_PATTERN, timeout=READY_TIMEOUT, seen=seen,
+                                         what="BANGER_READY (the restored guest's readiness line)")
+        timings["guest_ready"] = time.monotonic() - start
+        words = ready.split()
+        if words[1:2] != [boot_id] or guest_assets.parse_hostkey_lines(seen, boot_id) != [wanted]:
+            raise vm.failure("the restored guest's readiness line does not follow its key line")
         record.host_key = wanted
         access.publish(dirs, settings, record)
         vm.detach()

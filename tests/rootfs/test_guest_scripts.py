@@ -20,7 +20,7 @@ from tests.conftest import need
 
 NET = ga.NetworkSettings()
 # What the scripts call besides shell builtins; a sandbox PATH holds only these (plus fakes).
-SCRIPT_TOOLS = ("sh", "sed", "head", "tr", "rm", "mv", "cat", "mkdir", "chmod", "sleep", "ssh-keygen")
+SCRIPT_TOOLS = ("sh", "sed", "head", "tr", "rm", "mv", "cat", "mkdir", "chmod", "sleep", "ssh-keygen", "mkfifo")
 
 
 def render(name: str) -> str:

@@ -42,13 +42,23 @@ def resume(scripts: Path, root: Path, bindir: Path, data: bytes, extra: dict | N
     channel, console, urandom = root / "channel", root / "console", root / "urandom"
     channel.write_bytes(data)
     console.write_text("")
-    for tool in ("date", "mount", "stty", "sync", "systemctl", "sleep", "perl"):
+    for tool in ("date", "mount", "stty", "sync", "systemctl", "sleep"):
         fake_tool(bindir, tool)
+    fake_reseeder(bindir, console)
     env = {"PATH": str(bindir), "BANGER_ROOT": str(root), "BANGER_RESUME_CHANNEL": str(channel),
            "BANGER_SCRIPTS_DIR": str(scripts), "BANGER_URANDOM": str(urandom), "BANGER_CONSOLES": str(console),
            "BANGER_SYSTEMD_RUN_DIR": str(root / "no-systemd"), **(extra or {})}
     proc = subprocess.run(["sh", str(scripts / "resume.sh")], env=env, capture_output=True, text=True, timeout=60)
     return proc, console.read_text()
+
+
+def fake_reseeder(bindir: Path, console: Path) -> None:
+    """perl as resume.sh runs it (-e PROGRAM FIFO URANDOM): says on the console that it started,
+    then does what the real one does but the ioctl: the line on the FIFO goes to URANDOM."""
+    fake = fake_tool(bindir, "perl")
+    fake.write_text(fake.read_text().replace("exit 0", f'echo perl-started >> "{console}"\n'
+                                             'exec 5< "$3"; rm -f "$3"; read -r seed <&5\n'
+                                             'printf %s "$seed" > "$4"\n'))
 
 
 def log(bindir: Path, tool: str) -> str:
@@ -61,12 +71,14 @@ def test_a_restored_vm_takes_the_identity_key_entropy_and_clock_the_host_sent(sc
     proc, console = resume(scripts, guest, sandbox_bin, message(host_key))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the quiesce line came first, with the snapshot boot's id; then this VM's key and readiness
+    # (the reseeder started before it: a restored VM pays no exec for perl); then this VM's key
+    # as soon as the reseed and the user's key are done, the rest, and its readiness
     lines = [line for line in console.splitlines() if line]
-    assert lines[0] == f"{ga.SNAPSHOT_READY_PREFIX} 11111111-2222-3333-4444-555555555555"
+    assert lines[:2] == ["perl-started", f"{ga.SNAPSHOT_READY_PREFIX} 11111111-2222-3333-4444-555555555555"]
     key_type, key_data = public.split()[:2]
-    assert lines[1:] == ["banger-identity: added the host's key to /root/.ssh/authorized_keys",
-                         f"banger-identity: clone-2 {VM_ID}",
-                         f"{ga.HOSTKEY_PREFIX} {NEW_BOOT} {key_type} {key_data}", f"{ga.READY_PREFIX} {NEW_BOOT}"]
+    hostkey = f"{ga.HOSTKEY_PREFIX} {NEW_BOOT} {key_type} {key_data}"
+    assert lines[2:] == ["banger-identity: added the host's key to /root/.ssh/authorized_keys", hostkey,
+                         f"banger-identity: clone-2 {VM_ID}", hostkey, f"{ga.READY_PREFIX} {NEW_BOOT}"]
     # the host's key, private half 0600, and no other host key left
     ssh = guest / "etc/ssh"
     assert (ssh / "ssh_host_ed25519_key").read_bytes() == private
@@ -183,20 +195,30 @@ def test_the_reseed_ioctl_is_what_perl_runs(scripts):
     assert "ioctl($f, 0x5207, 0)" in text and (ord("R") << 8 | 7) == 0x5207
 
 
-def test_the_reseed_command_really_reseeds_here_as_root_only(scripts):
-    """The script's perl line, run on this host's kernel (a reseed is harmless): it succeeds for
-    root and is refused (EPERM) for another user, as RNDRESEEDCRNG is; a wrong ioctl number
-    would fail for both or succeed for both."""
+@pytest.mark.parametrize("interpreter", ["perl", "python3"])
+def test_the_reseeder_really_reseeds_here_as_root_only(scripts, tmp_path, interpreter):
+    """The script's reseeder (perl's, else python3's), run on this host's kernel (a reseed is
+    harmless) with a seed line in place of its FIFO: it succeeds for root and is refused (EPERM)
+    for another user, as RNDRESEEDCRNG is; a wrong ioctl number would fail for both or succeed
+    for both."""
     import re
     import shutil
 
-    if os.geteuid() != 0 or not shutil.which("perl") or not shutil.which("setpriv"):
-        pytest.skip("needs root, perl and setpriv")
-    program = re.search(r"perl -e '([^']+)'", (scripts / "resume.sh").read_text()).group(1)
-    as_root = subprocess.run(["perl", "-e", program, "/dev/urandom"], capture_output=True)
-    as_nobody = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                                "perl", "-e", program, "/dev/urandom"], capture_output=True)
-    assert as_root.returncode == 0 and as_nobody.returncode != 0
+    if os.geteuid() != 0 or not shutil.which(interpreter) or not shutil.which("setpriv"):
+        pytest.skip(f"needs root, {interpreter} and setpriv")
+    flag = "-e" if interpreter == "perl" else "-c"
+    program = re.search(rf"{interpreter} {flag} '([^']+)'", (scripts / "resume.sh").read_text()).group(1)
+
+    def run(*prefix: str) -> int:
+        seed = tmp_path / "seed"
+        seed.write_text("ab" * 32 + "\n")
+        seed.chmod(0o644)
+        return subprocess.run([*prefix, interpreter, flag, program, str(seed), "/dev/urandom"],
+                              capture_output=True).returncode
+
+    tmp_path.chmod(0o755)
+    assert run() == 0
+    assert run("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups") != 0
 
 
 def test_the_channel_named_on_the_kernel_command_line_is_read(scripts, sandbox_bin, guest, host_key):
