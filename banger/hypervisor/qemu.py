@@ -63,6 +63,7 @@ def direct_boot_cmdline(*, rootfs: bool, network: "bool | GuestNetwork", tcg_pc_
 
 class QemuVM(VM):
     backend = "qemu"
+    resume_channel_buffers = True  # a socket chardev: the loaded (paused) UART takes the bytes at `cont`
 
     def cmdline(self) -> str:
         cfg, choice = self.config, self.choice

@@ -299,6 +299,10 @@ class VM:
         """Let a loaded VM run; with grow_to (bytes) the guest learns its disk's new size."""
         raise VMError(f"{self.backend} VMs cannot be restored")
 
+    # whether send_resume may come before resume_guest (the channel holds the bytes while the
+    # loaded VM is paused, so the guest finds them as it runs); else after it
+    resume_channel_buffers = False
+
     def send_resume(self, message: bytes):
         """Write into the guest's resume channel (resume.sh); returns what to close() after."""
         raise VMError(f"{self.backend} VMs have no resume channel")

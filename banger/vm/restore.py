@@ -89,14 +89,17 @@ def restore(dirs: Dirs, record: VMRecord, snap: ActionRecord, log: Callable[[str
             raise SnapshotUnusable(str(exc)) from None
         timings = {"loaded": time.monotonic() - start}
         grow = record.disk_size > store.path(snap.inputs["rootfs"]).stat().st_size
-        vm.resume_guest(record.disk_size if grow else None)
-        resumed = True
         private, public = new_host_key()
         message = guest_assets.resume_message(record.name, record.id, key.public_line, private, public,
                                               clock=time.time(), seed=os.urandom(32),
                                               grow_to_sectors=record.disk_size // 512 if grow else None,
                                               network=tap.network if tap else None, mac=tap.mac if tap else None)
-        channel = vm.send_resume(message)
+        if vm.resume_channel_buffers:
+            channel = vm.send_resume(message)
+        vm.resume_guest(record.disk_size if grow else None)
+        resumed = True
+        if channel is None:
+            channel = vm.send_resume(message)
         # the guest announces its key as soon as sshd can use it (the rest of its identity comes
         # after): the login runs while it finishes, then its readiness line must follow
         wanted = " ".join(public.split()[:2])
