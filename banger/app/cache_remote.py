@@ -24,7 +24,7 @@ from banger.app.cache import CacheError, image_closure
 from banger.app.cache_archive import max_import_bytes
 from banger.core import images
 from banger.core.errors import BuildError
-from banger.core.records import DamagedRecord, parse_record
+from banger.core.records import DamagedRecord, intermediates, parse_record, remakeable
 from banger.core.store import TREE, ActionRecord, Store, StoreError
 from banger.oci import registry_push as push
 from banger.oci.reference import Reference, ReferenceError
@@ -116,8 +116,8 @@ def push_action(client: RegistryClient, store: Store, record: ActionRecord, stat
     with store.staging("push-") as stage:
         layers = []
         for name, digest in sorted(record.outputs.items()):
-            if digest.startswith(TREE) and not store.path(digest).exists():
-                continue  # evicted from RAM: a step that reads it remakes it (Build.materialize)
+            if digest in intermediates(record) or digest.startswith(TREE) and not store.path(digest).exists():
+                continue  # a step that reads it remakes it (Build.materialize): never sent
             if not store.verify(digest):
                 raise CacheError(f"output {name} of {record.step} ({digest[:24]}…) is not in the cache or "
                                  "corrupt; rebuild the image before pushing it")
@@ -218,7 +218,7 @@ def _fetch_outputs(client: RegistryClient, store: Store, record: ActionRecord, l
     wanted = [layer for layer in layers if not (isinstance(layer, dict) and layer.get("mediaType") == layout.EMPTY["mediaType"])]
     checked = [layout.check_layer(desc, record.outputs) for desc in wanted]
     names = [c[0] for c in checked]
-    blobs = {n for n, d in record.outputs.items() if not d.startswith(TREE)}  # trees may be left out
+    blobs = set(record.outputs) - remakeable(record)  # trees and intermediate images may be left out
     if len(set(names)) != len(names) or not blobs <= set(names):
         raise ArchiveError("its layers are not its outputs")
     cap = max_import_bytes()  # a decoded output may not be larger (a zstd bomb fills no disk)

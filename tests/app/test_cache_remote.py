@@ -95,7 +95,7 @@ def step_key(image: images.ImageRecord, step: str) -> str:
 def test_a_tampered_blob_in_the_registry_is_refused_and_nothing_is_cached(small_build, registry, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     dirs, first, target = pushed(small_build, registry, "tampered-blob")
-    layer = action_manifest(target, step_key(first, "ext4"))["layers"][0]
+    layer = action_manifest(target, step_key(first, "ownership"))["layers"][0]
     data = registry.root / "data" / "docker/registry/v2/blobs/sha256" / layer["digest"][7:9] / layer["digest"][7:] / "data"
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -105,9 +105,9 @@ def test_a_tampered_blob_in_the_registry_is_refused_and_nothing_is_cached(small_
     with pytest.raises(remote.RemoteRefused) as err:
         remote.pull_image(remote.client_for(target), store_b, "small")
     line = str(err.value)
-    assert "\n" not in line and "digest mismatch" in line and layer["digest"] in line and "(ext4)" in line
-    # the steps before ext4 were pulled (each is verified on its own); ext4's outputs and record were not
-    assert store_b.get_record(step_key(first, "ext4")) is None
+    assert "\n" not in line and "digest mismatch" in line and layer["digest"] in line and "(ownership)" in line
+    # the steps before ownership were pulled (each is verified on its own); ownership's outputs and record were not
+    assert store_b.get_record(step_key(first, "ownership")) is None
     assert not store_b.path(first.artifacts["rootfs"]).exists()
     assert images.all_images(store_b) == [] and list((store_b.root / "staging").iterdir()) == []
 
@@ -128,7 +128,7 @@ def test_a_tampered_record_in_the_registry_is_refused_and_nothing_is_cached(smal
                                                                            monkeypatch, forgery):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     dirs, first, target = pushed(small_build, registry, f"tampered-record-{forgery.split()[1]}")
-    key = step_key(first, "ext4")
+    key = step_key(first, "ownership")
     manifest = action_manifest(target, key)
     record = Store(dirs.cache).get_record(key).to_json()
     if forgery == "a param changed":  # the key no longer matches the record's contents
@@ -151,8 +151,23 @@ def test_an_output_larger_than_the_import_cap_is_refused_before_it_is_downloaded
                                                                                  monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     dirs, first, target = pushed(small_build, registry, "capped")
-    monkeypatch.setenv("BANGER_IMPORT_MAX_BYTES", "64K")  # the ext4 image decodes to far more
+    monkeypatch.setenv("BANGER_IMPORT_MAX_BYTES", "64K")  # the ownership image decodes to far more
     store_b = Store(tmp_path / "b")
-    with pytest.raises(remote.RemoteRefused, match=r"\(ext4\).*over the cap of 65536 .*BANGER_IMPORT_MAX_BYTES"):
-        remote.pull_action(remote.client_for(target), store_b, step_key(first, "ext4"))
+    with pytest.raises(remote.RemoteRefused, match=r"\(ownership\).*over the cap of 65536 .*BANGER_IMPORT_MAX_BYTES"):
+        remote.pull_action(remote.client_for(target), store_b, step_key(first, "ownership"))
     assert_nothing_cached(store_b)
+
+
+def test_dropped_intermediate_images_are_not_pushed_and_a_pull_still_builds_nothing(small_build, registry,
+                                                                                    tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "intermediates")
+    for step in ("ext4", "inject"):  # their record goes up, their image does not (it is remade when needed)
+        assert action_manifest(target, step_key(first, step))["layers"] == [layout.EMPTY]
+    assert [layer["annotations"][layout.A_OUTPUT] for layer in
+            action_manifest(target, step_key(first, "ownership"))["layers"]] == ["image"]
+    home_b = other_home(dirs, tmp_path, "b")
+    remote.pull_image(remote.client_for(target), Store(home_b.cache), "small")
+    rebuilt = build_app.run_build(small_build[2], home_b, log=lambda m: None)
+    assert {s["status"] for s in rebuilt.steps} == {"cached"} and rebuilt.artifacts == first.artifacts
+    assert Store(home_b.cache).verify(first.artifacts["rootfs"], full=True)
