@@ -44,6 +44,7 @@ class PushStats:
     actions_present: int = 0
     blobs_sent: int = 0
     blobs_present: int = 0
+    blobs_mounted: int = 0  # taken from another repository of the registry (no bytes sent)
     bytes_sent: int = 0
     images: list[str] = field(default_factory=list)
 
@@ -64,14 +65,21 @@ def _config_bytes(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _send_blob(client: RegistryClient, desc: dict, path_or_data, stats: PushStats) -> None:
+def _send_blob(client: RegistryClient, desc: dict, path_or_data, stats: PushStats,
+               mount_from: Sequence[str] = ()) -> None:
+    """Send a blob the repository lacks: mounted from one of `mount_from` (other repositories of
+    the registry that may hold it) when one does, else uploaded."""
     if push.has_blob(client, desc["digest"]):
         stats.blobs_present += 1
         return
+    location = push.mount_blob(client, desc["digest"], mount_from)
+    if location is None:
+        stats.blobs_mounted += 1
+        return
     if isinstance(path_or_data, bytes):
-        stats.bytes_sent += push.upload_bytes(client, path_or_data, desc["digest"])
+        stats.bytes_sent += push.upload_bytes(client, path_or_data, desc["digest"], location)
     else:
-        stats.bytes_sent += push.upload_blob(client, path_or_data, desc["digest"])
+        stats.bytes_sent += push.upload_blob(client, path_or_data, desc["digest"], location)
     stats.blobs_sent += 1
 
 
@@ -107,7 +115,7 @@ def _signed(manifest: dict, tag: str, signer: Signer | None) -> dict:
 
 
 def push_action(client: RegistryClient, store: Store, record: ActionRecord, stats: PushStats,
-                signer: Signer | None = None) -> None:
+                signer: Signer | None = None, mount_from: Sequence[str] = ()) -> None:
     tag = layout.action_tag(record.key)
     config = _config_bytes(record.to_json())
     if _same_entry(client, tag, config, signer):
@@ -122,34 +130,56 @@ def push_action(client: RegistryClient, store: Store, record: ActionRecord, stat
                 raise CacheError(f"output {name} of {record.step} ({digest[:24]}…) is not in the cache or "
                                  "corrupt; rebuild the image before pushing it")
             layer = layout.encode(store, name, digest, stage)
-            _send_blob(client, layer.descriptor, layer.path, stats)
+            _send_blob(client, layer.descriptor, layer.path, stats, mount_from)
             layers.append(layer.descriptor)
         manifest = _signed(_manifest(layout.ACTION_TYPE, config, layers,
                                      {"dev.banger.key": record.key, "dev.banger.step": record.step}), tag, signer)
-        _send_blob(client, manifest["config"], config, stats)
+        _send_blob(client, manifest["config"], config, stats, mount_from)
         if manifest["layers"] == [layout.EMPTY]:
-            _send_blob(client, layout.EMPTY, b"{}", stats)
+            _send_blob(client, layout.EMPTY, b"{}", stats, mount_from)
         push.put_manifest(client, tag, manifest, layout.MANIFEST_TYPE)
     stats.actions_sent += 1
 
 
 def push_image(client: RegistryClient, store: Store, name: str, stats: PushStats,
-               signer: Signer | None = None) -> None:
+               signer: Signer | None = None, mount_from: Sequence[str] = ()) -> None:
+    """The image's records and outputs, then its image record. A blob the repository lacks is
+    mounted from `mount_from` (other repositories of the registry) and the repository the image
+    was pulled from, when that is on the same registry, before it is uploaded."""
     image = images.load(store, name)
     keys, _ = image_closure(store, image)
+    sources = [r for r in [*mount_from, *source_repositories(client, [image])] if r != client.repository]
+    sources = list(dict.fromkeys(sources))[:MAX_MOUNT_SOURCES]
     for key in sorted(keys):
         record = store.get_record(key)
         if record is None:
             raise CacheError(f"image {name}: the record of step {key[:12]} is not in the cache; rebuild it first")
-        push_action(client, store, record, stats, signer)
+        push_action(client, store, record, stats, signer, sources)
     config = images._path(store, name).read_bytes()
     tag = layout.image_tag(name)
     if not _same_entry(client, tag, config, signer):
         manifest = _signed(_manifest(layout.IMAGE_TYPE, config, [], {"dev.banger.image": name}), tag, signer)
-        _send_blob(client, manifest["config"], config, stats)
-        _send_blob(client, layout.EMPTY, b"{}", stats)
+        _send_blob(client, manifest["config"], config, stats, sources)
+        _send_blob(client, layout.EMPTY, b"{}", stats, sources)
         push.put_manifest(client, tag, manifest, layout.MANIFEST_TYPE)
     stats.images.append(name)
+
+
+MAX_MOUNT_SOURCES = 4  # repositories a missing blob may be mounted from (one request each at worst)
+
+
+def source_repositories(client: RegistryClient, pushed: Iterable[images.ImageRecord]) -> list[str]:
+    """The repositories of the client's registry the images were pulled from (their fetched
+    layers are blobs there: the fetch step's outputs go up as they are)."""
+    repos = []
+    for image in pushed:
+        try:
+            ref = parse_reference(image.ref)
+        except (ReferenceError, TypeError, ValueError):
+            continue
+        if isinstance(ref, Reference) and ref.registry == client.registry:
+            repos.append(ref.repository)
+    return repos
 
 
 # ---- pull ----------------------------------------------------------------------------------------

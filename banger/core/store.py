@@ -8,6 +8,7 @@ Layout under the cache dir:
     locks/<key>.lock          one flock per action key; builds.lock: builds vs gc (inflight.py)
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
+    remote-repos.json         the registry repositories this cache pushed to (app/cache_remote_ops.py)
     .banger-cache             the marker that makes the dir banger's (cachedir.py)
 
 Staging names carry their process's owner_tag (procs.py): opening a store removes those of

@@ -14,6 +14,7 @@ from banger.app import cache_remote as remote
 from banger.app import remote_layout as layout
 from banger.core import config, images
 from banger.core.store import Store
+from banger.oci import registry_push as push
 from tests.support_builds import small_build  # noqa: F401  (a fixture)
 
 
@@ -171,3 +172,43 @@ def test_dropped_intermediate_images_are_not_pushed_and_a_pull_still_builds_noth
     rebuilt = build_app.run_build(small_build[2], home_b, log=lambda m: None)
     assert {s["status"] for s in rebuilt.steps} == {"cached"} and rebuilt.artifacts == first.artifacts
     assert Store(home_b.cache).verify(first.artifacts["rootfs"], full=True)
+
+
+def blob_puts(session: CountingSession) -> list[tuple[str, str, int]]:
+    """The requests that carry blob bytes (a monolithic PUT, a chunk's PATCH)."""
+    return [s for s in session.sent if s[0] in ("PUT", "PATCH") and "/blobs/uploads/" in s[1] and s[2] > 0]
+
+
+def test_a_push_into_a_new_repository_mounts_the_blobs_another_one_holds(small_build, registry, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "mount-from")
+    session, stats = CountingSession(), remote.PushStats()
+    second = f"{registry.host}/cachetest/mount-into"
+    remote.push_image(remote.client_for(second, session=session), Store(dirs.cache), "small", stats,
+                      mount_from=["cachetest/mount-from"])
+    assert stats.blobs_mounted > 0 and stats.blobs_sent == 0 and stats.bytes_sent == 0
+    assert blob_puts(session) == [] and stats.actions_sent == len(first.steps)
+    mounts = [u for m, u, _ in session.sent if m == "POST" and "mount=" in u]
+    assert mounts and all("from=cachetest%2Fmount-from" in u or "from=cachetest/mount-from" in u for u in mounts)
+    # the registry says the new repository has every blob, and it pulls back into an empty cache
+    client = remote.client_for(second)
+    for key in (s["key"] for s in first.steps):
+        manifest = action_manifest(second, key)
+        for desc in [manifest["config"], *manifest["layers"]]:
+            assert push.has_blob(client, desc["digest"]), desc
+    remote.pull_image(client, Store(tmp_path / "b"), "small")
+    assert Store(tmp_path / "b").verify(first.artifacts["rootfs"], full=True)
+
+
+def test_a_mount_the_source_cannot_serve_falls_back_to_an_upload(small_build, registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, env, spec = small_build
+    first = build_app.run_build(spec, dirs, log=lambda m: None)
+    stats = remote.PushStats()
+    target = f"{registry.host}/cachetest/mount-fallback"
+    remote.push_image(remote.client_for(target), Store(dirs.cache), "small", stats,
+                      mount_from=["cachetest/never-pushed"])
+    assert stats.blobs_mounted == 0 and stats.blobs_sent > 0
+    remote.pull_image(remote.client_for(target), Store(tmp_path / "b"), "small")
+    assert Store(tmp_path / "b").verify(first.artifacts["rootfs"], full=True)
