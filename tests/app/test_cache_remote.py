@@ -98,13 +98,17 @@ def test_a_tampered_blob_in_the_registry_is_refused_and_nothing_is_cached(small_
     dirs, first, target = pushed(small_build, registry, "tampered-blob")
     layer = action_manifest(target, step_key(first, "ownership"))["layers"][0]
     data = registry.root / "data" / "docker/registry/v2/blobs/sha256" / layer["digest"][7:9] / layer["digest"][7:] / "data"
-    raw = bytearray(data.read_bytes())
+    original = data.read_bytes()
+    raw = bytearray(original)
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
 
     store_b = Store(tmp_path / "b")
-    with pytest.raises(remote.RemoteRefused) as err:
-        remote.pull_image(remote.client_for(target), store_b, "small")
+    try:
+        with pytest.raises(remote.RemoteRefused) as err:
+            remote.pull_image(remote.client_for(target), store_b, "small")
+    finally:  # the registry is the session's: blobs are shared by every repository (and test) in it
+        data.write_bytes(original)
     line = str(err.value)
     assert "\n" not in line and "digest mismatch" in line and layer["digest"] in line and "(ownership)" in line
     # the steps before ownership were pulled (each is verified on its own); ownership's outputs and record were not
