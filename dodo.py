@@ -6,7 +6,7 @@ from pathlib import Path
 
 from doit import get_var
 
-from banger.app.build import hold_for_process, new_build, record_image, summary_lines
+from banger.app.build import drop_intermediates, hold_for_process, new_build, record_image, summary_lines
 from banger.core.cachedir import NotACacheError
 from banger.core.config import CACHE_ENV, default_dirs
 from banger.core.errors import BuildError
@@ -33,6 +33,7 @@ def task_build():
     def finish() -> None:
         if build.error is None and "image" in build.context:
             print("\n".join(summary_lines(record_image(build, spec), build.store)))
+            drop_intermediates(build)  # as `banger build` does: remade from their records when needed
 
     build.context["on_complete"] = finish
     _builds.append(build)

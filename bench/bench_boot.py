@@ -8,7 +8,7 @@ start -> "Linux version" -> "Run /init"-or-panic -> VMM exit). With a staged roo
 stage-kernel step's outputs: rootfs, kernel, initrd, and vmlinux, which QEMU boots directly
 under TCG) it runs the whole boot step: console readiness, SSH login, probe, shutdown, as
 `boot.boot_and_probe` reports them. The SSH login uses banger's managed key from
-the state dir (the one the inject step put into the image; --state to pick another); run dirs
+the state dir (the boot passes it on the kernel command line; --state to pick another); run dirs
 go to a temporary dir.
 
 Under TCG the host's other load moves every number by seconds: compare variants with

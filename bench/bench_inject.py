@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 from banger.core import fsutil
-from banger.rootfs import guest_assets as ga, sshkey
+from banger.rootfs import e2fs, guest_assets as ga
 from banger.steps import inject
 from banger.core.store import Store
 
 
 def once(image: Path, work: Path) -> dict[str, float]:
     store = Store(work / "cache")
-    key = sshkey.ensure_key(work / "state").public_line
     t: dict[str, float] = {}
     start = time.perf_counter()
     ga.assets_digest(ga.NetworkSettings())
@@ -35,13 +34,13 @@ def once(image: Path, work: Path) -> dict[str, float]:
         scratch = stage / "assets"
         scratch.mkdir()
         layout = inject.probe_layout(copy, scratch)
-        assets = ga.render(ga.NetworkSettings(), key, layout)
+        assets = ga.render(ga.NetworkSettings(), layout)
         t["probe+render"] = time.perf_counter() - mark
         mark = time.perf_counter()
         inject.inject_agents(copy, assets, scratch)
         t["debugfs batch"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        inject.verify_image(copy)
+        e2fs.fsck(copy)
         t["e2fsck -fn"] = time.perf_counter() - mark
         mark = time.perf_counter()
         digest = store.ingest_file(copy)

@@ -3,11 +3,11 @@
     python3 bench/bench_remote_cache.py image=REF kernel=K [more build words]
 
 e.g. image=oci-layout:cache/test-fixtures/debian-oci:bookworm kernel=debian-cloud-amd64 (W1-like).
-boot=no is added. The build uses your state dir (kernels, the managed SSH key the inject step
-bakes in); caches are fresh temporary dirs. Measures:
+boot=no is added. The build uses your state dir (kernels); caches are fresh temporary dirs. Measures:
   local       `banger build` into an empty cache C (the cold local build to compare with)
   cold        `banger build --cache-to R` into an empty cache A (build + push)
-  push        the push alone (`cache push` from A into a second, empty repository)
+  push        the push alone (`cache push` from A into a second, empty repository: its blobs
+              are mounted from the first one, which A pushed to before)
   push again  the same push: actions and bytes sent (should be 0 bytes)
   warm        `banger build --cache-from R` into an empty cache B: wall time, steps ran
   bytes       what the registry stores vs the cached artifacts' apparent and allocated sizes
@@ -82,7 +82,8 @@ def main() -> None:
     print(f"cold local build (C)      {local:7.1f} s")
     print(f"cold build + push (A)     {cold:7.1f} s   ({pushed_line})")
     print(f"push alone, new repo      {push_wall:7.1f} s   {stats['actions_sent']} actions, "
-          f"{stats['blobs_sent']} blobs, {mb(stats['bytes_sent'])} sent")
+          f"{stats['blobs_sent']} blobs, {mb(stats['bytes_sent'])} sent, "
+          f"{stats.get('blobs_mounted', 0)} blobs mounted from the first repo")
     print(f"push again, same repo     {again_wall:7.1f} s   {again['actions_sent']} actions, "
           f"{again['blobs_sent']} blobs, {again['bytes_sent']} bytes sent")
     print(f"warm build from R (B)     {warm:7.1f} s   steps ran: {', '.join(ran) or 'none'}")

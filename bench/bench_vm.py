@@ -18,7 +18,7 @@ kernel argument unique to the run so no earlier result is reused; its temporary 
 removed afterwards (its action records stay in the cache until `banger cache gc`).
 
 Everything runs with a private state dir (XDG_STATE_HOME in a temporary dir, holding a copy of
-banger's managed SSH key, which the image authorizes) and BANGER_SSH_CONFIG in it, so neither the
+banger's managed SSH key, which the VMs get on their command line) and BANGER_SSH_CONFIG in it, so neither the
 user's VMs nor ~/.ssh/config are touched; the cache is the user's (where the image is) unless
 --cache-dir. Every VM the bench made is removed at the end, also on Ctrl-C or SIGTERM. Under TCG
 the host's other load moves every boot number by seconds: the load average is printed per round.
@@ -55,7 +55,7 @@ class Bench:
         self.ssh_config = tmp / "ssh_config"
         key_dir = user.state / "ssh"
         (self.state / "ssh").mkdir(parents=True)
-        for name in ("id_ed25519", "id_ed25519.pub"):  # the key the image's authorized_keys holds
+        for name in ("id_ed25519", "id_ed25519.pub"):  # the user's key: the VMs get it on their command line
             if (key_dir / name).exists():
                 shutil.copy2(key_dir / name, self.state / "ssh" / name)
         if (user.state / "kernels").is_dir():  # kernel bundles (a --build-boot build stages one)

@@ -22,7 +22,7 @@ from tests.support_kernel import make_kernel_tree
 from tests.support_registry import make_image
 from tests.support_tools import REPO, need
 
-PINNED = "d97c10335ad94d17d90a51f52fc142fb52b7a7d5"  # guest templates after snapshots (resume.sh, Firecracker's channel)
+PINNED = "7a810ae11cb3c7d3081e14cd3f0acea43d88a324"  # no user's SSH key in the image (the inject step's key)
 RELEASE = "6.1.0-99-amd64"
 
 

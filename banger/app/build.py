@@ -6,7 +6,7 @@ import time
 from typing import Callable, Sequence
 
 from banger.engine import doit_runner
-from banger.core import images, inflight, procs
+from banger.core import images, inflight, pins, procs
 from banger.steps import pipeline
 from banger.core.config import Dirs, keep_trees
 from banger.engine.tasks import Build
@@ -76,7 +76,28 @@ def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = No
             build.log(f"warning: {build.store.ram.refused}")
     if code != 0:
         raise BuildError(build.error or f"build failed (doit exit code {code})")
+    drop_intermediates(build)
     return build
+
+
+def drop_intermediates(build: Build) -> list[str]:
+    """Remove the intermediate disk images of the build's steps (records.INTERMEDIATES: each only
+    feeds the next step, which has run or is cached) unless something else holds them: a final
+    output of this build, a named image's artifact, a VM's pin, a step reading it (use lock).
+    A step that needs one again remakes it from its record (Build.materialize)."""
+    from banger.core.records import intermediates
+
+    store = build.store
+    named, damaged = images.scan(store)
+    if damaged or pins.damaged(store.root):  # either could name one of them: keep them all
+        return []
+    drop = {d for r in build.records.values() for d in intermediates(r)}
+    keep = {d for r in build.records.values() for d in r.outputs.values()} - drop
+    for image in named:
+        keep |= {d for d in image.artifacts.values() if isinstance(d, str)}
+    for pinned in pins.pinned(store.root).values():
+        keep |= set(pinned)
+    return sorted(d for d in drop - keep if store.path(d).exists() and store.drop(d))
 
 
 def artifacts_of(build: Build) -> dict[str, str]:

@@ -22,6 +22,7 @@ from banger.app.archive_io import (ArchiveError, CappedReader, HashingReader, Si
 from banger.app.cache import CacheError, image_closure
 from banger.core import digest as dg
 from banger.core import images, inflight
+from banger.core.records import remakeable
 from banger.core.store import TREE, ActionRecord, Store, StoreError, tree_digest
 
 DEFAULT_MAX_BYTES = 64 << 30  # decompressed archive stream; BANGER_IMPORT_MAX_BYTES overrides
@@ -232,7 +233,7 @@ def _commit(store: Store, staged: _Staged, src: Path, archive: str) -> dict:
             raise CacheError(f"{src}: record {record.key[:12]} ({record.step}): {why}; nothing was imported")
 
     def present(digest: str) -> bool:
-        return digest.startswith(TREE) or digest in staged.blobs or store.verify(digest)
+        return digest in staged.blobs or store.verify(digest)
 
     local = {r.key: r for r, _ in store.records()}
     kept_local, refused, taken = [], [], {}
@@ -242,7 +243,7 @@ def _commit(store: Store, staged: _Staged, src: Path, archive: str) -> dict:
             if mine.outputs != record.outputs:
                 kept_local.append(f"{key[:12]} ({record.step})")
             continue
-        missing = [name for name, d in record.outputs.items() if not present(d)]
+        missing = [name for name, d in record.outputs.items() if name not in remakeable(record) and not present(d)]
         if missing:
             refused.append(f"{key[:12]} ({record.step}): its {', '.join(missing)} is not in the archive")
             continue

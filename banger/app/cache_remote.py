@@ -24,7 +24,7 @@ from banger.app.cache import CacheError, image_closure
 from banger.app.cache_archive import max_import_bytes
 from banger.core import images
 from banger.core.errors import BuildError
-from banger.core.records import DamagedRecord, parse_record
+from banger.core.records import DamagedRecord, intermediates, parse_record, remakeable
 from banger.core.store import TREE, ActionRecord, Store, StoreError
 from banger.oci import registry_push as push
 from banger.oci.reference import Reference, ReferenceError
@@ -44,6 +44,7 @@ class PushStats:
     actions_present: int = 0
     blobs_sent: int = 0
     blobs_present: int = 0
+    blobs_mounted: int = 0  # taken from another repository of the registry (no bytes sent)
     bytes_sent: int = 0
     images: list[str] = field(default_factory=list)
 
@@ -64,14 +65,21 @@ def _config_bytes(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _send_blob(client: RegistryClient, desc: dict, path_or_data, stats: PushStats) -> None:
+def _send_blob(client: RegistryClient, desc: dict, path_or_data, stats: PushStats,
+               mount_from: Sequence[str] = ()) -> None:
+    """Send a blob the repository lacks: mounted from one of `mount_from` (other repositories of
+    the registry that may hold it) when one does, else uploaded."""
     if push.has_blob(client, desc["digest"]):
         stats.blobs_present += 1
         return
+    location = push.mount_blob(client, desc["digest"], mount_from)
+    if location is None:
+        stats.blobs_mounted += 1
+        return
     if isinstance(path_or_data, bytes):
-        stats.bytes_sent += push.upload_bytes(client, path_or_data, desc["digest"])
+        stats.bytes_sent += push.upload_bytes(client, path_or_data, desc["digest"], location)
     else:
-        stats.bytes_sent += push.upload_blob(client, path_or_data, desc["digest"])
+        stats.bytes_sent += push.upload_blob(client, path_or_data, desc["digest"], location)
     stats.blobs_sent += 1
 
 
@@ -107,7 +115,7 @@ def _signed(manifest: dict, tag: str, signer: Signer | None) -> dict:
 
 
 def push_action(client: RegistryClient, store: Store, record: ActionRecord, stats: PushStats,
-                signer: Signer | None = None) -> None:
+                signer: Signer | None = None, mount_from: Sequence[str] = ()) -> None:
     tag = layout.action_tag(record.key)
     config = _config_bytes(record.to_json())
     if _same_entry(client, tag, config, signer):
@@ -116,40 +124,62 @@ def push_action(client: RegistryClient, store: Store, record: ActionRecord, stat
     with store.staging("push-") as stage:
         layers = []
         for name, digest in sorted(record.outputs.items()):
-            if digest.startswith(TREE) and not store.path(digest).exists():
-                continue  # evicted from RAM: a step that reads it remakes it (Build.materialize)
+            if digest in intermediates(record) or digest.startswith(TREE) and not store.path(digest).exists():
+                continue  # a step that reads it remakes it (Build.materialize): never sent
             if not store.verify(digest):
                 raise CacheError(f"output {name} of {record.step} ({digest[:24]}…) is not in the cache or "
                                  "corrupt; rebuild the image before pushing it")
             layer = layout.encode(store, name, digest, stage)
-            _send_blob(client, layer.descriptor, layer.path, stats)
+            _send_blob(client, layer.descriptor, layer.path, stats, mount_from)
             layers.append(layer.descriptor)
         manifest = _signed(_manifest(layout.ACTION_TYPE, config, layers,
                                      {"dev.banger.key": record.key, "dev.banger.step": record.step}), tag, signer)
-        _send_blob(client, manifest["config"], config, stats)
+        _send_blob(client, manifest["config"], config, stats, mount_from)
         if manifest["layers"] == [layout.EMPTY]:
-            _send_blob(client, layout.EMPTY, b"{}", stats)
+            _send_blob(client, layout.EMPTY, b"{}", stats, mount_from)
         push.put_manifest(client, tag, manifest, layout.MANIFEST_TYPE)
     stats.actions_sent += 1
 
 
 def push_image(client: RegistryClient, store: Store, name: str, stats: PushStats,
-               signer: Signer | None = None) -> None:
+               signer: Signer | None = None, mount_from: Sequence[str] = ()) -> None:
+    """The image's records and outputs, then its image record. A blob the repository lacks is
+    mounted from `mount_from` (other repositories of the registry) and the repository the image
+    was pulled from, when that is on the same registry, before it is uploaded."""
     image = images.load(store, name)
     keys, _ = image_closure(store, image)
+    sources = [r for r in [*mount_from, *source_repositories(client, [image])] if r != client.repository]
+    sources = list(dict.fromkeys(sources))[:MAX_MOUNT_SOURCES]
     for key in sorted(keys):
         record = store.get_record(key)
         if record is None:
             raise CacheError(f"image {name}: the record of step {key[:12]} is not in the cache; rebuild it first")
-        push_action(client, store, record, stats, signer)
+        push_action(client, store, record, stats, signer, sources)
     config = images._path(store, name).read_bytes()
     tag = layout.image_tag(name)
     if not _same_entry(client, tag, config, signer):
         manifest = _signed(_manifest(layout.IMAGE_TYPE, config, [], {"dev.banger.image": name}), tag, signer)
-        _send_blob(client, manifest["config"], config, stats)
-        _send_blob(client, layout.EMPTY, b"{}", stats)
+        _send_blob(client, manifest["config"], config, stats, sources)
+        _send_blob(client, layout.EMPTY, b"{}", stats, sources)
         push.put_manifest(client, tag, manifest, layout.MANIFEST_TYPE)
     stats.images.append(name)
+
+
+MAX_MOUNT_SOURCES = 4  # repositories a missing blob may be mounted from (one request each at worst)
+
+
+def source_repositories(client: RegistryClient, pushed: Iterable[images.ImageRecord]) -> list[str]:
+    """The repositories of the client's registry the images were pulled from (their fetched
+    layers are blobs there: the fetch step's outputs go up as they are)."""
+    repos = []
+    for image in pushed:
+        try:
+            ref = parse_reference(image.ref)
+        except (ReferenceError, TypeError, ValueError):
+            continue
+        if isinstance(ref, Reference) and ref.registry == client.registry:
+            repos.append(ref.repository)
+    return repos
 
 
 # ---- pull ----------------------------------------------------------------------------------------
@@ -218,7 +248,7 @@ def _fetch_outputs(client: RegistryClient, store: Store, record: ActionRecord, l
     wanted = [layer for layer in layers if not (isinstance(layer, dict) and layer.get("mediaType") == layout.EMPTY["mediaType"])]
     checked = [layout.check_layer(desc, record.outputs) for desc in wanted]
     names = [c[0] for c in checked]
-    blobs = {n for n, d in record.outputs.items() if not d.startswith(TREE)}  # trees may be left out
+    blobs = set(record.outputs) - remakeable(record)  # trees and intermediate images may be left out
     if len(set(names)) != len(names) or not blobs <= set(names):
         raise ArchiveError("its layers are not its outputs")
     cap = max_import_bytes()  # a decoded output may not be larger (a zstd bomb fills no disk)

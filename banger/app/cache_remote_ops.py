@@ -29,16 +29,57 @@ def insecure_of(dirs) -> list[str]:
 
 
 def push_images(dirs, target: str, names: list[str] | None) -> PushStats:
-    """Push the named images (None: every named image) with their records and outputs."""
+    """Push the named images (None: every named image) with their records and outputs. Blobs are
+    mounted, where the registry can, from the repositories this cache pushed to before."""
     store = Store(dirs.cache, dirs.trees)
     client = client_for(target, insecure_of(dirs))
     wanted = names if names is not None else [i.name for i in images.all_images(store)]
     if not wanted:
         raise CacheError("there is no named image to push; build one first")
     stats, signer = PushStats(), signing.load_signer(dirs)
+    earlier = pushed_repositories(store, client.registry)
     for name in wanted:
-        push_image(client, store, name, stats, signer)
+        push_image(client, store, name, stats, signer, mount_from=earlier)
+    remember_push(store, client.registry, client.repository)
     return stats
+
+
+PUSHED_FILE = "remote-repos.json"  # in the cache dir: {registry: [repositories pushed to, latest first]}
+PUSHED_KEPT = 8
+
+
+def pushed_repositories(store: Store, registry: str) -> list[str]:
+    """The repositories of `registry` this cache pushed to, latest first ([] if it never did, or
+    the file is not what banger writes)."""
+    import json
+
+    try:
+        doc = json.loads((store.root / PUSHED_FILE).read_text())
+        repos = doc.get(registry, []) if isinstance(doc, dict) else []
+    except (OSError, ValueError):
+        return []
+    return [r for r in repos if isinstance(r, str)] if isinstance(repos, list) else []
+
+
+def remember_push(store: Store, registry: str, repository: str) -> None:
+    """Note a push (best effort: a lost note only costs the next push a mount)."""
+    import json
+
+    from banger.core.fsutil import atomic_write
+
+    path = store.root / PUSHED_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    repos = [repository, *(r for r in pushed_repositories(store, registry) if r != repository)][:PUSHED_KEPT]
+    doc[registry] = repos
+    try:
+        atomic_write(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+    except OSError:
+        pass
 
 
 def pull_images(dirs, target: str, name: str) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from banger.app.build import building, execute
+from banger.app.build import building, drop_intermediates, execute
 from banger.core.config import Dirs
 from banger.engine.spec import BuildSpec
 
@@ -21,6 +21,7 @@ def check_reproducible(spec: BuildSpec, dirs: Dirs) -> dict:
                 continue
             differences += build.recheck(name)
             checked.append(name)
+        drop_intermediates(build)  # those the rechecks remade
     lines = [f"rebuilt {', '.join(checked)} from their recorded inputs in a scratch store"]
     lines += differences or ["identical: every step produced the same bytes as the cached build"]
     return {"identical": not differences, "differences": differences, "checked": checked, "lines": lines}

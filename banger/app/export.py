@@ -66,18 +66,20 @@ def boot_settings(dirs: Dirs) -> BootConfig:
     return BootConfig.from_settings(BuildSpec(image=""), load_config(dirs))
 
 
-def kernel_cmdline(boot: BootConfig) -> str:
+def kernel_cmdline(boot: BootConfig, ssh_key: str | None = None) -> str:
     """The command line banger's boot step gives these files under QEMU (KVM, or TCG with more
-    than one vCPU; on a one-vCPU TCG `-M pc` QemuVM adds TCG_PC_CMDLINE, as run-qemu.sh does)."""
+    than one vCPU; on a one-vCPU TCG `-M pc` QemuVM adds TCG_PC_CMDLINE, as run-qemu.sh does),
+    with the public key `ssh_key` root may log in with (the image holds no user's key)."""
     return direct_boot_cmdline(rootfs=True, network=True, tcg_pc_single_cpu=False,
-                               extra=guest_cmdline(boot.cmdline))
+                               extra=guest_cmdline(boot.cmdline, ssh_key))
 
 
 def export_files(store: Store, name: str, dest: Path, force: bool = False, *,
-                 boot: BootConfig | None = None,
+                 boot: BootConfig | None = None, ssh_key: str | None = None,
                  kvm_status: Callable[[], kvm.KvmStatus] = kvm.cached_probe) -> dict[str, Path]:
     """Write the image's rootfs.ext4, bzImage, vmlinux and initrd.img (those it has), cmdline and
-    run-qemu.sh into dest; {file name: path}. The script boots with KVM if `kvm_status` says so.
+    run-qemu.sh into dest; {file name: path}. The script boots with KVM if `kvm_status` says so;
+    `ssh_key` (a public key line) goes on its command line for root's authorized_keys.
     Raises images.ImageError (no such image) or ExportError (artifacts gone from the cache, files
     already there without force, I/O), each one line."""
     boot = boot or BootConfig()
@@ -104,7 +106,7 @@ def export_files(store: Store, name: str, dest: Path, force: bool = False, *,
         dest.mkdir(parents=True, exist_ok=True)
         for file_name, src in sources.items():
             written[file_name] = _place(dest / file_name, lambda tmp, src=src: copy_sparse(src, tmp))
-        written[CMDLINE_FILE] = _place(dest / CMDLINE_FILE, lambda tmp: tmp.write_text(kernel_cmdline(boot) + "\n"))
+        written[CMDLINE_FILE] = _place(dest / CMDLINE_FILE, lambda tmp: tmp.write_text(kernel_cmdline(boot, ssh_key) + "\n"))
         written[SCRIPT_FILE] = _place(dest / SCRIPT_FILE, lambda tmp: tmp.write_text(script), mode=0o755)
     except OSError as exc:
         raise ExportError(f"cannot write {exc.filename or dest}: {exc.strerror or exc}") from None

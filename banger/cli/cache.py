@@ -160,7 +160,8 @@ def cache_push(target: str = typer.Argument(..., metavar="REGISTRY/REPO"),
     emit(stats.__dict__, as_json,
          [f"pushed {', '.join(stats.images)} to {target}: {stats.actions_sent} actions sent, "
           f"{stats.actions_present} already there; {stats.blobs_sent} blobs ({human_bytes(stats.bytes_sent)}) sent, "
-          f"{stats.blobs_present} already there"])
+          f"{stats.blobs_present} already there" + (f", {stats.blobs_mounted} mounted from another repository"
+                                                     if stats.blobs_mounted else "")])
 
 
 @cache_app.command("pull")

@@ -78,7 +78,10 @@ def image_export(name: str, dest: Path = typer.Argument(..., metavar="DIR"),
     from banger.core.images import ImageError
 
     try:
-        written = export_files(store(), name, dest, force, boot=boot_settings(dirs()))
+        from banger.rootfs.sshkey import ensure_key
+
+        written = export_files(store(), name, dest, force, boot=boot_settings(dirs()),
+                               ssh_key=ensure_key(dirs().state).public_line)
     except (ImageError, ExportError) as exc:
         fail(str(exc))
     emit({f: str(p) for f, p in written.items()}, as_json, summary_lines(written, dirs()))

@@ -111,13 +111,8 @@ class RamTrees:
                 digest = f"{TREE}{alg.name}:{tree.name}"
                 if digest in keep:
                     continue
-                with open(self._use_lock(digest), "a") as f:
-                    try:
-                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                    remove(digest)
-                evicted.append(digest)
+                if remove_unused(self._locks, digest, remove):
+                    evicted.append(digest)
         self.sweep_staging()
         self.sweep_orphans()
         return evicted
@@ -152,17 +147,39 @@ class RamTrees:
                 if not owner.is_dir():
                     remove_tree(sibling)
 
-    @contextlib.contextmanager
-    def using(self, digests: Iterable[str]) -> Iterator[None]:
+    def using(self, digests: Iterable[str]) -> contextlib.AbstractContextManager[None]:
         """Shared locks that keep eviction away from trees a step is reading."""
-        with contextlib.ExitStack() as stack:
-            for d in sorted(set(digests)):
-                f = stack.enter_context(open(self._use_lock(d), "a"))
-                fcntl.flock(f, fcntl.LOCK_SH)
-            yield
+        return using(self._locks, digests)
 
     def _use_lock(self, digest: str) -> Path:
-        return self._locks / f"use-{dg.split(digest.removeprefix(TREE))[1]}.lock"
+        return use_lock(self._locks, digest)
+
+
+def use_lock(locks: Path, digest: str) -> Path:
+    """The lock a reader of an artifact holds shared and its remover exclusively (a tree, an
+    intermediate disk image)."""
+    return locks / f"use-{dg.split(digest.removeprefix(TREE))[1]}.lock"
+
+
+@contextlib.contextmanager
+def using(locks: Path, digests: Iterable[str]) -> Iterator[None]:
+    """Shared use locks on `digests` (see use_lock) for the time of the block."""
+    with contextlib.ExitStack() as stack:
+        for d in sorted(set(digests)):
+            f = stack.enter_context(open(use_lock(locks, d), "a"))
+            fcntl.flock(f, fcntl.LOCK_SH)
+        yield
+
+
+def remove_unused(locks: Path, digest: str, remove: Callable[[str], None]) -> bool:
+    """Remove an artifact with `remove` unless a step holds its use lock; True if removed."""
+    with open(use_lock(locks, digest), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        remove(digest)
+    return True
 
 
 def _real_dirs(parent: Path) -> list[Path]:

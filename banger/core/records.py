@@ -26,6 +26,27 @@ class ActionRecord:
         return self.__dict__.copy()
 
 
+# Intermediate disk images, each read only by the step after it: a build drops them once it is done
+# (ext4's image feeds ownership, inject's feeds stage-kernel). Like trees, they are remade from
+# their record by a step that needs one (engine.Build.materialize), so no record depends on one
+# being present. Ownership's image, where a template edit starts from, stays.
+INTERMEDIATES = {"ext4": ("image",), "inject": ("image",)}
+
+
+def remakeable(record: "ActionRecord") -> set[str]:
+    """The names of the record's outputs that may be absent from the store: trees and the
+    intermediate disk images (INTERMEDIATES)."""
+    step = record.step.split(":")[0]
+    return {name for name, d in record.outputs.items()
+            if d.startswith(TREE) or name in INTERMEDIATES.get(step, ())}
+
+
+def intermediates(record: "ActionRecord") -> set[str]:
+    """The digests of the record's intermediate disk images (what a finished build drops)."""
+    return {record.outputs[name] for name in INTERMEDIATES.get(record.step.split(":")[0], ())
+            if name in record.outputs}
+
+
 def action_key(step: str, step_version: str, inputs: dict, params: dict, tools: dict) -> str:
     return dg.key_of({"step": step, "step_version": step_version, "inputs": inputs,
                       "params": params, "tools": tools})

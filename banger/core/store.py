@@ -8,6 +8,7 @@ Layout under the cache dir:
     locks/<key>.lock          one flock per action key; builds.lock: builds vs gc (inflight.py)
     staging/                  everything is written here first, then renamed into place
     images/<name>.json        named images: the roots the garbage collector keeps
+    remote-repos.json         the registry repositories this cache pushed to (app/cache_remote_ops.py)
     .banger-cache             the marker that makes the dir banger's (cachedir.py)
 
 Staging names carry their process's owner_tag (procs.py): opening a store removes those of
@@ -30,8 +31,9 @@ from banger.core import cachedir, procs
 from banger.core import digest as dg
 from banger.core.cachedir import NotACacheError  # noqa: F401  (re-exported)
 from banger.core.fsutil import atomic_write, remove_dead_staging, remove_tree, temp_dir
+from banger.core import ram_trees
 from banger.core.ram_trees import TREE, RamTrees
-from banger.core.records import ActionRecord, DamagedRecord, action_key, parse_record  # noqa: F401 (re-exported)
+from banger.core.records import ActionRecord, DamagedRecord, action_key, parse_record, remakeable  # noqa: F401 (re-exported)
 
 
 
@@ -128,9 +130,14 @@ class Store:
     def evict_volatile_trees(self, keep: Iterable[str] = ()) -> list[str]:
         return self.ram.evict(keep, self.remove) if self.ram else []
 
-    def using(self, trees: Iterable[str]) -> contextlib.AbstractContextManager[None]:
-        """Keeps eviction away from trees a step is reading."""
-        return self.ram.using(trees) if self.ram else contextlib.nullcontext()
+    def using(self, digests: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """Keeps eviction (trees) and drop (intermediate disk images) away from what a step reads."""
+        return ram_trees.using(self.root / "locks", digests)
+
+    def drop(self, digest: str) -> bool:
+        """Remove a remakeable artifact (records.remakeable) unless a step is reading it (see
+        `using`); True if it is gone."""
+        return ram_trees.remove_unused(self.root / "locks", digest, self.remove)
 
     # ---- ingest ------------------------------------------------------------------------------
     def ingest_stream(self, chunks: Iterable[bytes], expected: str | None = None,
@@ -339,9 +346,11 @@ class Store:
             self._record_path(key).unlink()
 
     def record_valid(self, record: ActionRecord) -> bool:
-        """Every output of the record is present and intact (verifying on first trust). Trees
-        need not be present: a step that reads one remakes it first (Build.materialize)."""
-        return all(d.startswith(TREE) or self.verify(d) for d in record.outputs.values())
+        """Every output of the record is present and intact (verifying on first trust). Trees and
+        intermediate disk images (records.remakeable) need not be present: a step that reads one
+        remakes it first (Build.materialize)."""
+        optional = remakeable(record)
+        return all(name in optional or self.verify(d) for name, d in record.outputs.items())
 
     # ---- locking -----------------------------------------------------------------------------
     @contextlib.contextmanager

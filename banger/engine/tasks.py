@@ -13,12 +13,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from banger.core.diskspace import disk_full, is_enospc
 from banger.core.errors import BuildError
 from banger.core.progress import activity
-from banger.core.store import TREE, ActionRecord, Store, action_key
+from banger.core.store import TREE, ActionRecord, Store, action_key, remakeable
 
 
 @dataclass
@@ -124,9 +124,9 @@ class Build:
             if record is not None:
                 self._accept(step, record, "cached", time.monotonic() - start)
                 return
-            trees = tree_inputs(parts["inputs"])
-            with self.store.using(trees), self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
-                self.materialize(trees)
+            needed = self.remakeable_inputs(parts["inputs"])
+            with self.store.using(needed), self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
+                self.materialize(needed)
                 run = StepRun(self, stage, parts["inputs"], parts["params"])
                 with activity(step.name) if step.spinner else contextlib.nullcontext():
                     outputs = step.work(run)
@@ -144,9 +144,9 @@ class Build:
         from banger.core.fsutil import first_difference
 
         record, step = self.records[name], self.steps[name]
-        trees = tree_inputs(record.inputs)
-        with self.store.using(trees), self.store.staging(f"check-{name.replace(':', '-')}-") as scratch_dir:
-            self.materialize(trees)
+        needed = self.remakeable_inputs(record.inputs)
+        with self.store.using(needed), self.store.staging(f"check-{name.replace(':', '-')}-") as scratch_dir:
+            self.materialize(needed)
             scratch = Store(scratch_dir / "store")
             with scratch.staging() as stage:
                 outputs = step.work(StepRun(self, stage, record.inputs, record.params, output_store=scratch))
@@ -159,18 +159,29 @@ class Build:
                                        + (f" ({where})" if where else ""))
         return differences
 
-    def materialize(self, trees: list[str]) -> None:
-        """Make sure the trees a step is about to read are here and intact: one that is gone
-        (evicted from RAM, a reboot) or corrupt is remade by rerunning the step of this build
-        that recorded it, on that record's inputs."""
-        for digest in trees:
-            if self.store.path(digest).exists() and self.store.verify_for_use(digest):
+    def remakeable_inputs(self, inputs: dict) -> list[str]:
+        """The inputs a step must have materialized before it reads them: trees, and the
+        outputs of this build's steps that a build may drop (records.remakeable)."""
+        optional = {r.outputs[n] for r in self.records.values() for n in remakeable(r)}
+        return list(dict.fromkeys(d for d in _digests(inputs) if d.startswith(TREE) or d in optional))
+
+    def materialize(self, digests: list[str]) -> None:
+        """Make sure the trees and intermediate images a step is about to read are here and intact
+        (the caller holds their use locks, Store.using): one that is gone (evicted from RAM, a
+        reboot, dropped after its build) or corrupt is remade by rerunning the step of this build
+        that recorded it, on that record's inputs (made present the same way first)."""
+        for digest in digests:
+            path = self.store.path(digest)
+            if path.exists() and (self.store.verify_for_use(digest) if digest.startswith(TREE)
+                                  else self.store.verify(digest)):
                 continue
             producer = next((r for r in self.records.values() if digest in r.outputs.values()), None)
             if producer is None:
                 raise BuildError(f"internal: no step of this build recorded {digest[:24]}…")
             self.log(f"remaking {producer.step}'s output (not in the cache any more)")
-            with self.store.staging(f"{producer.step.replace(':', '-')}-") as stage:
+            needed = self.remakeable_inputs(producer.inputs)
+            with self.store.using(needed), self.store.staging(f"{producer.step.replace(':', '-')}-") as stage:
+                self.materialize(needed)
                 outputs = self.steps[producer.step].work(StepRun(self, stage, producer.inputs, producer.params))
             if digest not in outputs.values():
                 self.store.put_record(ActionRecord(**{**producer.to_json(), "outputs": outputs}))
@@ -226,8 +237,16 @@ def _disk_full(exc: OSError, build: Build) -> str:
     return disk_full(Path(target), f"what it writes in {target}", show_free=False)  # its staging is gone
 
 
-def tree_inputs(inputs: dict) -> list[str]:
-    return [d for d in inputs.values() if isinstance(d, str) and d.startswith(TREE)]
+def _digests(value) -> Iterator[str]:
+    """The strings in an inputs dict (nested dicts and lists too), in order."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _digests(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _digests(v)
 
 
 def _thunk(value: Callable[[], dict] | dict | None) -> Callable[[], dict]:

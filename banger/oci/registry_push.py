@@ -1,5 +1,6 @@
 """The push half of the distribution API, on a RegistryClient: does the registry have a blob
-(HEAD), upload one (POST an upload session, then one PUT with the bytes and their digest), put a
+(HEAD), mount one another repository of the registry holds (POST ?mount=&from=: no bytes sent),
+upload one (POST an upload session, then one PUT with the bytes and their digest), put a
 manifest under a tag, and fetch a small blob (a config) into memory.
 
 A pushing client asks its token server for `repository:<name>:pull,push` (push_client); Basic
@@ -61,11 +62,41 @@ def has_blob(client: RegistryClient, digest: str) -> bool:
         raise _refused(client, resp, f"HEAD blob {digest}")
 
 
-def upload_blob(client: RegistryClient, path: Path, digest: str) -> int:
+def mount_blob(client: RegistryClient, digest: str, sources: Iterable[str]) -> str | None:
+    """Ask the registry to mount blob `digest` into the client's repository from each of `sources`
+    (other repositories of the same registry) in turn (OCI distribution spec: POST
+    blobs/uploads/?mount=<digest>&from=<repo>). None when one did (201: nothing to send); else
+    where to send the bytes: the upload session the last 202 opened, or "" (no source, or a
+    registry that refused the mount: the caller opens a session). A refused mount costs only its
+    request; the sessions of earlier 202s are cancelled."""
+    location = ""
+    for source in sources:
+        if location:
+            cancel_upload(client, location)
+            location = ""
+        with client.request("POST", f"blobs/uploads/?mount={digest}&from={source}",
+                            {"Content-Length": "0"}) as resp:
+            if resp.status_code == 201:
+                return None
+            if resp.status_code == 202:
+                location = resp.headers.get("Location", "")
+    return location
+
+
+def cancel_upload(client: RegistryClient, location: str) -> None:
+    """Drop an upload session banger will not use (best effort: the registry expires it anyway)."""
+    try:
+        client.request("DELETE", "blobs/uploads/", url=location).close()
+    except BuildError:
+        pass
+
+
+def upload_blob(client: RegistryClient, path: Path, digest: str, location: str = "") -> int:
     """Upload the file as blob `digest` (the registry checks it); returns the bytes sent. A file
-    over CHUNK_BYTES goes in chunks (PATCH), resumed from what the registry says it has."""
+    over CHUNK_BYTES goes in chunks (PATCH), resumed from what the registry says it has.
+    `location`: an upload session already open (mount_blob's), else one is opened."""
     if path.stat().st_size > CHUNK_BYTES:
-        return _upload_chunked(client, path, digest)
+        return _upload_chunked(client, path, digest, location)
     opened: list = []
 
     def body():
@@ -73,19 +104,20 @@ def upload_blob(client: RegistryClient, path: Path, digest: str) -> int:
         return opened[-1]
 
     try:
-        return _upload(client, body, path.stat().st_size, digest)
+        return _upload(client, body, path.stat().st_size, digest, location)
     finally:
         for f in opened:
             f.close()
 
 
-def upload_bytes(client: RegistryClient, data: bytes, digest: str) -> int:
-    return _upload(client, lambda: data, len(data), digest)
+def upload_bytes(client: RegistryClient, data: bytes, digest: str, location: str = "") -> int:
+    return _upload(client, lambda: data, len(data), digest, location)
 
 
-def _upload(client: RegistryClient, body, size: int, digest: str) -> int:
-    """A monolithic upload: POST opens the session, one PUT sends the bytes and the digest."""
-    location = _start_upload(client)
+def _upload(client: RegistryClient, body, size: int, digest: str, location: str = "") -> int:
+    """A monolithic upload: POST opens the session (unless `location` is one), one PUT sends the
+    bytes and the digest."""
+    location = location or _start_upload(client)
     sep = "&" if "?" in location else "?"
     with client.request("PUT", "blobs/uploads/", {"Content-Type": "application/octet-stream",
                                                   "Content-Length": str(size)},
@@ -108,9 +140,9 @@ def _received(resp: requests.Response) -> int | None:
     return int(m.group(1)) + 1 if m else None
 
 
-def _upload_chunked(client: RegistryClient, path: Path, digest: str) -> int:
+def _upload_chunked(client: RegistryClient, path: Path, digest: str, location: str = "") -> int:
     size = path.stat().st_size
-    location = _start_upload(client)
+    location = location or _start_upload(client)
     offset, sent, resumes = 0, 0, 0
     with open(path, "rb") as f:
         while offset < size:

@@ -1,8 +1,10 @@
 """The files banger puts into every guest, rendered from the jinja2 templates in `templates/`.
 
 Everything the guest runs is a POSIX sh script (images may have no Python):
-    identity.sh     a persistent VM's own host name, machine id and sshd host keys, set on the
-                    first boot with a new banger.id= (identity_cmdline); nothing without one
+    identity.sh     the host user's SSH key in root's authorized_keys at every boot (banger.ssh_key=,
+                    ssh_key_word: no user's key is in the image, which is the same for everyone);
+                    a persistent VM's own host name, machine id and sshd host keys, set on the
+                    first boot with a new banger.id= (identity_cmdline)
     network.sh      configure the first NIC (values from NETWORK_ENV, or banger.ip= etc. on the
                     kernel command line, which wins)
     sshd-keys.sh    create sshd's ed25519 host key when the image has none
@@ -21,9 +23,9 @@ runs udev's coldplug after sshd started (UDEV_TRIGGER_DROP_IN; not when the imag
 setup itself waits for coldplug, e.g. ifupdown), and the generators that cannot
 apply to a banger VM are masked (MASKED_GENERATORS).
 
-The assets digest covers the template bytes and every render parameter except the SSH key
-(its own step input) and the image layout (a function of the input image), so editing a
-template reruns only the inject step and the ones after it.
+The assets digest covers the template bytes and every render parameter except the image layout (a
+function of the input image), so editing a template reruns only the inject step and the ones after
+it.
 """
 from __future__ import annotations
 
@@ -178,7 +180,7 @@ def template_bytes(root: Path | None = None) -> dict[str, bytes]:
 
 
 def render_params(network: NetworkSettings) -> dict:
-    """Everything the templates see apart from the SSH key and the image layout."""
+    """Everything the templates see apart from the image layout."""
     return {
         "network": network.params(),
         "ready_prefix": READY_PREFIX,
@@ -221,9 +223,10 @@ def render_template(name: str, network: NetworkSettings, root: Path | None = Non
     return _environment(str(root)).get_template(name).render(**params).encode()
 
 
-def render(network: NetworkSettings, ssh_pubkey: str, layout: ImageLayout,
-           root: Path | None = None) -> GuestAssets:
-    """The guest files for one image: scripts, config, key, and units or an inittab hook."""
+def render(network: NetworkSettings, layout: ImageLayout, root: Path | None = None) -> GuestAssets:
+    """The guest files for one image: scripts, config, and units or an inittab hook. No user's
+    key: identity.sh adds the one the host names on the command line (ssh_key_word) at boot, so
+    the image is the same whoever builds it."""
     def text(name: str, unit: str | None = None) -> bytes:
         return render_template(name, network, root, sshd_in_image=layout.has_sshd, unit=unit)
 
@@ -235,7 +238,6 @@ def render(network: NetworkSettings, ssh_pubkey: str, layout: ImageLayout,
         add(GuestFile(f"{SCRIPTS_DIR}/{script}", 0o755, text(f"{script}.j2")))
     add(GuestFile(NETWORK_ENV, 0o644, text("network.env.j2")))
     add(GuestFile(SSHD_DROP_IN, 0o644, text("sshd_config.conf.j2")))
-    add(GuestFile(AUTHORIZED_KEYS, 0o600, ssh_pubkey.strip().encode() + b"\n"))
     if not layout.has_sshd:
         add(GuestFile(FIRST_BOOT_MARKER, 0o644, b""))
     assets.dir_modes.update({"/root": 0o700, "/root/.ssh": 0o700})
@@ -287,6 +289,16 @@ SSH_KEY_TYPE = re.compile(r"ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa")
 SSH_KEY_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
+def ssh_key_word(ssh_key: str) -> str:
+    """`banger.ssh_key=TYPE:BASE64` for a public key line ("ssh-ed25519 AAAA... comment"): at every
+    boot, identity.sh adds it to root's authorized_keys when it is not there yet."""
+    parts = ssh_key.split()
+    if len(parts) < 2 or not SSH_KEY_TYPE.fullmatch(parts[0]) or not SSH_KEY_BASE64.fullmatch(parts[1]):
+        raise AssetError(f"{ssh_key[:40]!r}... is not an OpenSSH public key line; remove banger's managed "
+                         f"key under the state dir's ssh/ and banger makes a new one")
+    return f"banger.ssh_key={parts[0]}:{parts[1]}"
+
+
 def identity_cmdline(name: str, vm_id: str, grow: bool, systemd: bool = True, ssh_key: str | None = None) -> str:
     """The kernel command line words that make a boot VM `name` with machine id `vm_id`:
     `banger.name=NAME banger.id=ID`, `banger.grow=1` when the root file system should grow to its
@@ -303,11 +315,7 @@ def identity_cmdline(name: str, vm_id: str, grow: bool, systemd: bool = True, ss
     if grow:
         words.append("banger.grow=1")
     if ssh_key:
-        parts = ssh_key.split()
-        if len(parts) < 2 or not SSH_KEY_TYPE.fullmatch(parts[0]) or not SSH_KEY_BASE64.fullmatch(parts[1]):
-            raise AssetError(f"{ssh_key[:40]!r}... is not an OpenSSH public key line; remove banger's managed "
-                             f"key under the state dir's ssh/ and banger makes a new one")
-        words.append(f"banger.ssh_key={parts[0]}:{parts[1]}")
+        words.append(ssh_key_word(ssh_key))
     if systemd:
         words += [f"systemd.hostname={name}", f"systemd.machine_id={vm_id}"]
     return " ".join(words)

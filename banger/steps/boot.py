@@ -75,10 +75,14 @@ def units() -> tuple[str, ...]:
         return DEFAULT_UNITS
 
 
-def guest_cmdline(user: str = "") -> str:
+def guest_cmdline(user: str = "", ssh_key: str | None = None) -> str:
     """The kernel arguments the boot step appends to the backend's: reboot (so the VMM exits) on
-    a panic, a quiet console, then the user's boot.cmdline (later words win)."""
-    return " ".join(["panic=-1", QUIET_CONSOLE, user]).strip()
+    a panic, a quiet console, the public key `ssh_key` root's authorized_keys gets (identity.sh;
+    the image holds no user's key), then the user's boot.cmdline (later words win)."""
+    from banger.rootfs.guest_assets import ssh_key_word
+
+    key = ssh_key_word(ssh_key) if ssh_key else ""
+    return " ".join(w for w in ["panic=-1", QUIET_CONSOLE, key, user] if w).strip()
 
 
 def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: BootConfig, dirs: config.Dirs,
@@ -97,7 +101,7 @@ def boot_and_probe(rootfs: Path, kernel: Path, initrd: Path | None, config: Boot
     run_dir = new_run_dir(dirs.state)
     vm = create(choice, VMConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, vmlinux=vmlinux, run_dir=run_dir,
                                  memory_mib=config.memory_mib, vcpus=config.vcpus,
-                                 cmdline=guest_cmdline(config.cmdline)))
+                                 cmdline=guest_cmdline(config.cmdline, key.public_line)))
     timings: dict[str, float] = {}
     start = time.monotonic()
     with vm:

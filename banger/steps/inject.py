@@ -1,5 +1,7 @@
 """Step 5: inject banger's guest agents (network bootstrap, sshd installer, readiness agent,
-SSH key, sshd drop-in) into a copy of the ownership step's image.
+sshd drop-in) into a copy of the ownership step's image. No user's SSH key: the image (and so
+this step's key) is the same whoever builds it; identity.sh adds the key the host names on the
+kernel command line at boot.
 
 One read-only debugfs run looks at the image (init system, unit dir, sshd, which target paths
 exist), then ONE batched write run creates missing dirs, replaces files (debugfs `write`
@@ -21,13 +23,12 @@ from typing import Iterator
 
 from banger.rootfs import debugfs, e2fs
 from banger.core import fsutil
-from banger.core import digest as dg
 from banger.engine.tasks import Build, StepRun, step_task
 from banger.core.errors import BuildError
 from banger.rootfs.guest_assets import COLDPLUG_BEFORE_NETWORK, AssetError, GuestAssets, ImageLayout, NetworkSettings, assets_digest, inittab_style, render, template_digests
 from banger.engine.spec import BuildSpec
 
-STEP_VERSION = "2"
+STEP_VERSION = "3"  # 3: no user's SSH key in the image (nor in the key)
 SYSTEMD_BINARIES = ("/usr/lib/systemd/systemd", "/lib/systemd/systemd")
 SSHD_BINARIES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd", "/usr/local/sbin/sshd")
 STAT_TYPE = re.compile(r"^Inode:\s*(\d+)\s+Type:\s*(\S+)")
@@ -158,35 +159,24 @@ def _ancestors(path: str) -> Iterator[str]:
 
 # ---- the doit step --------------------------------------------------------------------------
 def tasks(build: Build, spec: BuildSpec) -> Iterator[dict]:
-    from banger.rootfs import sshkey
-    from banger.core.config import default_dirs
-
     network = build.context.get("network") or NetworkSettings()
-    dirs = build.context.get("dirs") or default_dirs()
-
-    def public_key() -> str:
-        return sshkey.ensure_key(dirs.state).public_line
 
     def inputs() -> dict:
         try:
             assets = assets_digest(network)
         except AssetError as exc:
             raise BuildError(str(exc)) from None
-        return {"image": build.output("ownership", "image"), "assets": assets,
-                "ssh_pubkey": dg.of_bytes(public_key().encode(), "blake3")}
+        return {"image": build.output("ownership", "image"), "assets": assets}
 
     def work(run: StepRun) -> dict[str, str]:
-        """inject guest agents (network, sshd installer, readiness agent, SSH key)"""
-        key = public_key()
-        if dg.of_bytes(key.encode(), "blake3") != run.inputs["ssh_pubkey"]:
-            raise BuildError(f"banger's SSH key under {dirs.state} changed during the build; run it again")
+        """inject guest agents (network, sshd installer, readiness agent)"""
         image = run.stage / "rootfs.ext4"
         fsutil.copy_sparse(run.path(run.inputs["image"]), image)
         scratch = run.stage / "assets"
         scratch.mkdir()
         layout = probe_layout(image, scratch)
         try:
-            assets = render(network, key, layout)
+            assets = render(network, layout)
         except AssetError as exc:
             raise BuildError(str(exc)) from None
         try:

@@ -14,6 +14,7 @@ from banger.app import cache_remote as remote
 from banger.app import remote_layout as layout
 from banger.core import config, images
 from banger.core.store import Store
+from banger.oci import registry_push as push
 from tests.support_builds import small_build  # noqa: F401  (a fixture)
 
 
@@ -95,19 +96,23 @@ def step_key(image: images.ImageRecord, step: str) -> str:
 def test_a_tampered_blob_in_the_registry_is_refused_and_nothing_is_cached(small_build, registry, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     dirs, first, target = pushed(small_build, registry, "tampered-blob")
-    layer = action_manifest(target, step_key(first, "ext4"))["layers"][0]
+    layer = action_manifest(target, step_key(first, "ownership"))["layers"][0]
     data = registry.root / "data" / "docker/registry/v2/blobs/sha256" / layer["digest"][7:9] / layer["digest"][7:] / "data"
-    raw = bytearray(data.read_bytes())
+    original = data.read_bytes()
+    raw = bytearray(original)
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
 
     store_b = Store(tmp_path / "b")
-    with pytest.raises(remote.RemoteRefused) as err:
-        remote.pull_image(remote.client_for(target), store_b, "small")
+    try:
+        with pytest.raises(remote.RemoteRefused) as err:
+            remote.pull_image(remote.client_for(target), store_b, "small")
+    finally:  # the registry is the session's: blobs are shared by every repository (and test) in it
+        data.write_bytes(original)
     line = str(err.value)
-    assert "\n" not in line and "digest mismatch" in line and layer["digest"] in line and "(ext4)" in line
-    # the steps before ext4 were pulled (each is verified on its own); ext4's outputs and record were not
-    assert store_b.get_record(step_key(first, "ext4")) is None
+    assert "\n" not in line and "digest mismatch" in line and layer["digest"] in line and "(ownership)" in line
+    # the steps before ownership were pulled (each is verified on its own); ownership's outputs and record were not
+    assert store_b.get_record(step_key(first, "ownership")) is None
     assert not store_b.path(first.artifacts["rootfs"]).exists()
     assert images.all_images(store_b) == [] and list((store_b.root / "staging").iterdir()) == []
 
@@ -128,7 +133,7 @@ def test_a_tampered_record_in_the_registry_is_refused_and_nothing_is_cached(smal
                                                                            monkeypatch, forgery):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     dirs, first, target = pushed(small_build, registry, f"tampered-record-{forgery.split()[1]}")
-    key = step_key(first, "ext4")
+    key = step_key(first, "ownership")
     manifest = action_manifest(target, key)
     record = Store(dirs.cache).get_record(key).to_json()
     if forgery == "a param changed":  # the key no longer matches the record's contents
@@ -151,8 +156,63 @@ def test_an_output_larger_than_the_import_cap_is_refused_before_it_is_downloaded
                                                                                  monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     dirs, first, target = pushed(small_build, registry, "capped")
-    monkeypatch.setenv("BANGER_IMPORT_MAX_BYTES", "64K")  # the ext4 image decodes to far more
+    monkeypatch.setenv("BANGER_IMPORT_MAX_BYTES", "64K")  # the ownership image decodes to far more
     store_b = Store(tmp_path / "b")
-    with pytest.raises(remote.RemoteRefused, match=r"\(ext4\).*over the cap of 65536 .*BANGER_IMPORT_MAX_BYTES"):
-        remote.pull_action(remote.client_for(target), store_b, step_key(first, "ext4"))
+    with pytest.raises(remote.RemoteRefused, match=r"\(ownership\).*over the cap of 65536 .*BANGER_IMPORT_MAX_BYTES"):
+        remote.pull_action(remote.client_for(target), store_b, step_key(first, "ownership"))
     assert_nothing_cached(store_b)
+
+
+def test_dropped_intermediate_images_are_not_pushed_and_a_pull_still_builds_nothing(small_build, registry,
+                                                                                    tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "intermediates")
+    for step in ("ext4", "inject"):  # their record goes up, their image does not (it is remade when needed)
+        assert action_manifest(target, step_key(first, step))["layers"] == [layout.EMPTY]
+    assert [layer["annotations"][layout.A_OUTPUT] for layer in
+            action_manifest(target, step_key(first, "ownership"))["layers"]] == ["image"]
+    home_b = other_home(dirs, tmp_path, "b")
+    remote.pull_image(remote.client_for(target), Store(home_b.cache), "small")
+    rebuilt = build_app.run_build(small_build[2], home_b, log=lambda m: None)
+    assert {s["status"] for s in rebuilt.steps} == {"cached"} and rebuilt.artifacts == first.artifacts
+    assert Store(home_b.cache).verify(first.artifacts["rootfs"], full=True)
+
+
+def blob_puts(session: CountingSession) -> list[tuple[str, str, int]]:
+    """The requests that carry blob bytes (a monolithic PUT, a chunk's PATCH)."""
+    return [s for s in session.sent if s[0] in ("PUT", "PATCH") and "/blobs/uploads/" in s[1] and s[2] > 0]
+
+
+def test_a_push_into_a_new_repository_mounts_the_blobs_another_one_holds(small_build, registry, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, first, target = pushed(small_build, registry, "mount-from")
+    session, stats = CountingSession(), remote.PushStats()
+    second = f"{registry.host}/cachetest/mount-into"
+    remote.push_image(remote.client_for(second, session=session), Store(dirs.cache), "small", stats,
+                      mount_from=["cachetest/mount-from"])
+    assert stats.blobs_mounted > 0 and stats.blobs_sent == 0 and stats.bytes_sent == 0
+    assert blob_puts(session) == [] and stats.actions_sent == len(first.steps)
+    mounts = [u for m, u, _ in session.sent if m == "POST" and "mount=" in u]
+    assert mounts and all("from=cachetest%2Fmount-from" in u or "from=cachetest/mount-from" in u for u in mounts)
+    # the registry says the new repository has every blob, and it pulls back into an empty cache
+    client = remote.client_for(second)
+    for key in (s["key"] for s in first.steps):
+        manifest = action_manifest(second, key)
+        for desc in [manifest["config"], *manifest["layers"]]:
+            assert push.has_blob(client, desc["digest"]), desc
+    remote.pull_image(client, Store(tmp_path / "b"), "small")
+    assert Store(tmp_path / "b").verify(first.artifacts["rootfs"], full=True)
+
+
+def test_a_mount_the_source_cannot_serve_falls_back_to_an_upload(small_build, registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    dirs, env, spec = small_build
+    first = build_app.run_build(spec, dirs, log=lambda m: None)
+    stats = remote.PushStats()
+    target = f"{registry.host}/cachetest/mount-fallback"
+    remote.push_image(remote.client_for(target), Store(dirs.cache), "small", stats,
+                      mount_from=["cachetest/never-pushed"])
+    assert stats.blobs_mounted == 0 and stats.blobs_sent > 0
+    remote.pull_image(remote.client_for(target), Store(tmp_path / "b"), "small")
+    assert Store(tmp_path / "b").verify(first.artifacts["rootfs"], full=True)

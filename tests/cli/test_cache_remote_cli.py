@@ -37,8 +37,8 @@ def homes(tmp_path, auth_registry):
     make_image(layout, "v1", {"etc/os-release": b"ID=remote\n", "etc/inittab": b"::sysinit:/etc/init.d/rcS\n",
                               "bin/hello": b"#!/bin/sh\necho hi\n"})
 
-    # The homes share the state dir: the inject step's key holds banger's managed SSH public key
-    # (<state>/ssh), so a home with another key reuses the steps before inject only.
+    # The homes share the state dir (and so the kernel bundle); their managed SSH keys would not
+    # matter: no user's key is baked into an image.
     dirs = config.Dirs(cache=tmp_path / "unused", state=tmp_path / "state" / "banger",
                        config=tmp_path / "config" / "banger")
     sources.import_dir(dirs, "k", make_kernel_tree(tmp_path / "kernel-src", "6.1.0-99-amd64"))
@@ -90,6 +90,26 @@ def test_cache_to_then_cache_from_into_an_empty_home_runs_no_step(homes, auth_re
     assert json.loads(c.stdout)["records_pulled"] == len(statuses(a))
     built = run("c", *words)
     assert set(statuses(built).values()) == {"cached"}, built.stderr
+
+
+def test_a_push_into_a_new_repository_mounts_what_an_earlier_push_sent(homes, auth_registry):
+    """`cache push` into a second repository of the registry sends no blob bytes: every blob is
+    mounted from the repository this cache pushed to before (with the same Basic auth)."""
+    run, words = homes
+    first, second = f"{auth_registry.host}/team/mount-a", f"{auth_registry.host}/team/mount-b"
+    a = run("a", *words, "--cache-to", first)
+    assert a.returncode == 0, a.stderr[-2000:]
+    pushed = run("a", "cache", "push", second, "--image", "small", "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    stats = json.loads(pushed.stdout)
+    assert stats["bytes_sent"] == 0 and stats["blobs_sent"] == 0 and stats["blobs_mounted"] > 0, stats
+    assert stats["actions_sent"] == len(statuses(a))
+    # the registry's own storage: the new repository links every blob the first one holds
+    repos = auth_registry.root / "data" / "docker/registry/v2/repositories/team"
+    held = {p.name for p in (repos / "mount-a" / "_layers" / "sha256").iterdir()}
+    assert held and held == {p.name for p in (repos / "mount-b" / "_layers" / "sha256").iterdir()}
+    c = run("c", *words, "--cache-from", second)
+    assert c.returncode == 0 and set(statuses(c).values()) == {"cached"}, c.stderr
 
 
 def test_an_unusable_cache_from_is_one_warning_and_the_build_goes_on(homes, auth_registry):

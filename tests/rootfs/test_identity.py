@@ -319,7 +319,8 @@ def test_identity_cmdline_refuses_what_the_guest_would_not_take(name, vm_id):
 def test_identity_unit_runs_early_before_the_host_keys_and_only_with_banger_id():
     d = directives(render("banger-identity.service.j2"))
     assert d["Unit.DefaultDependencies"] == ["no"]
-    assert d["Unit.ConditionKernelCommandLine"] == ["banger.id"]  # the build's boot check: no process
+    # either word starts it (`|`: triggering conditions); the build's boot check passes the key
+    assert d["Unit.ConditionKernelCommandLine"] == ["|banger.id", "|banger.ssh_key"]
     assert words(d, "Unit.After") == ["systemd-remount-fs.service"]
     assert {"banger-sshd-keys.service", "ssh.service", "sshd.service", "ssh.socket"} <= set(words(d, "Unit.Before"))
     assert d["Service.Type"] == ["oneshot"] and d["Service.RemainAfterExit"] == ["yes"]
@@ -340,13 +341,13 @@ def test_agent_unit_waits_for_the_host_key(sshd_in_image):
 def test_sysv_hook_runs_identity_first_and_only_with_banger_id(scripts, tmp_path):
     text = (scripts / "sysv-boot.sh").read_text()
     calls = [line.strip() for line in text.splitlines() if '"$dir/' in line]
-    assert calls[0] == '*" banger.id="*) "$dir/identity.sh" ;;'
+    assert calls[0] == '*" banger.id="*|*" banger.ssh_key="*) "$dir/identity.sh" ;;'
     assert calls[1:3] == ['"$dir/network.sh"', '"$dir/sshd-keys.sh"']
     # the guard is builtins only: the same case statement, run with no PATH
     guard = text[text.index("cmdline=\n"):text.index("esac\n") + 5].replace("/proc/cmdline", '"$CMDLINE"')
     guard = guard.replace('"$dir/identity.sh"', "echo identity")
     for cmdline, expected in ((vm_cmdline(), "identity\n"), ("console=ttyS0 root=/dev/vda", ""),
-                              ("xbanger.id=1", "")):
+                              ("xbanger.id=1", ""), (f"panic=-1 {ga.ssh_key_word(HOST_KEY)}", "identity\n")):
         (tmp_path / "cmdline").write_text(cmdline + "\n")
         proc = subprocess.run([SH, "-c", guard], env={"PATH": "", "CMDLINE": str(tmp_path / "cmdline")},
                               capture_output=True, text=True)
@@ -390,6 +391,20 @@ def test_a_malformed_key_word_changes_nothing(scripts, sandbox_bin, guest):
     proc = boot(scripts, guest, cmdline, sandbox_bin)
     assert "not TYPE:BASE64" in proc.stdout
     assert not (guest / "root/.ssh/authorized_keys").exists()
+
+
+def test_the_boot_checks_key_is_added_without_an_identity(scripts, sandbox_bin, guest):
+    """The build's boot check names no VM (no banger.id), only the key it logs in with: the key is
+    added, nothing else changes (no marker, host keys, host name)."""
+    before = snapshot(guest)
+    proc = boot(scripts, guest, f"console=ttyS0 root=/dev/vda panic=-1 {ga.ssh_key_word(HOST_KEY)}", sandbox_bin)
+    assert proc.returncode == 0, proc.stderr
+    kind, blob = HOST_KEY.split()[:2]
+    assert (guest / "root/.ssh/authorized_keys").read_text() == f"{kind} {blob} banger\n"
+    after = snapshot(guest)
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    assert changed <= {"root", "root/.ssh", "root/.ssh/authorized_keys"}, changed
+    assert not marker(guest).parent.exists()
 
 
 def test_identity_cmdline_refuses_what_is_not_a_public_key():

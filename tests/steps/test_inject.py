@@ -19,7 +19,6 @@ from banger.engine.spec import BuildSpec
 from banger.core.store import ActionRecord, Store
 from tests.conftest import need
 
-PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBangerTestKeyBangerTestKeyBangerTestKey0 banger"
 NET = ga.NetworkSettings()
 PINNED = 1700000000
 
@@ -53,7 +52,7 @@ def make_image(tmp_path: Path, files: dict[str, str], dirs: tuple[str, ...] = ()
 
 
 def debian_like(tmp_path: Path, **kw) -> Path:
-    """Merged /usr, systemd, no sshd (so first boot installs it), an old authorized_keys to replace."""
+    """Merged /usr, systemd, no sshd (so first boot installs it), an authorized_keys of its own."""
     return make_image(tmp_path, {
         "etc/os-release": 'ID=debian\nVERSION_ID="12"\n',
         "usr/lib/systemd/systemd": "placeholder",
@@ -91,12 +90,12 @@ def fsck_clean(image: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def do_inject(image: Path, tmp_path: Path, pubkey: str = PUBKEY) -> tuple[ga.ImageLayout, inject.InjectReport]:
+def do_inject(image: Path, tmp_path: Path) -> tuple[ga.ImageLayout, inject.InjectReport]:
     scratch = tmp_path / f"scratch-{image.name}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     layout = inject.probe_layout(image, scratch)
-    report = inject.inject_agents(image, ga.render(NET, pubkey, layout), scratch)
+    report = inject.inject_agents(image, ga.render(NET, layout), scratch)
     return layout, report
 
 
@@ -112,7 +111,7 @@ def test_inject_systemd_image(tmp_path):
         "/usr/lib/banger/agent.sh": 0o755, "/usr/lib/banger/sshd-keys.sh": 0o755,
         "/usr/lib/banger/identity.sh": 0o755,
         "/etc/banger/network.env": 0o644, "/etc/ssh/sshd_config.d/banger.conf": 0o644,
-        "/root/.ssh/authorized_keys": 0o600, "/var/lib/banger/first-boot-pending": 0o644,
+        "/var/lib/banger/first-boot-pending": 0o644,
         "/usr/lib/systemd/system-preset/80-banger.preset": 0o644,
         **{f"/usr/lib/systemd/system/{u}": 0o644 for u in ga.UNITS},
     }
@@ -124,8 +123,8 @@ def test_inject_systemd_image(tmp_path):
         st = stat(image, path)
         assert (st["type"], st["mode"], st["uid"], st["gid"]) == ("directory", mode, 0, 0), path
 
-    # banger's key replaced whatever the image had
-    assert cat(image, "/root/.ssh/authorized_keys", tmp_path) == (PUBKEY + "\n").encode()
+    # no user's key goes in (identity.sh adds the host's at boot): the image's own is left alone
+    assert cat(image, "/root/.ssh/authorized_keys", tmp_path) == b"ssh-rsa AAAAold someone-else\n"
     for unit in ga.UNITS:
         st = stat(image, f"/etc/systemd/system/multi-user.target.wants/{unit}")
         assert st["type"] == "symlink" and st["uid"] == 0
@@ -149,7 +148,7 @@ def test_inject_pins_timestamps_to_the_input_root(tmp_path):
     root_mtime = stat(image, "/")["mtime"]
     _, report = do_inject(image, tmp_path)
     assert report.pinned_time == root_mtime == PINNED
-    for path in ("/usr/lib/banger/agent.sh", "/var/lib/banger", "/root/.ssh/authorized_keys"):
+    for path in ("/usr/lib/banger/agent.sh", "/var/lib/banger", "/usr/lib/banger/identity.sh"):
         assert stat(image, path)["mtime"] == root_mtime, path
 
 
@@ -162,9 +161,8 @@ def test_inject_is_reproducible_and_idempotent(tmp_path):
     digest = hashlib.sha256(a.read_bytes()).hexdigest()
     assert digest == hashlib.sha256(b.read_bytes()).hexdigest()
     # injecting into an already injected image replaces every file and link (rm before write)
-    do_inject(a, tmp_path / "a", pubkey=PUBKEY.replace("banger", "other"))
+    do_inject(a, tmp_path / "a")
     fsck_clean(a)
-    assert cat(a, "/root/.ssh/authorized_keys", tmp_path).endswith(b" other\n")
     assert stat(a, f"/etc/systemd/system/multi-user.target.wants/{ga.UNITS[0]}")["type"] == "symlink"
 
 
@@ -236,8 +234,8 @@ def test_image_without_any_init_is_refused(tmp_path):
 
 def test_directory_where_a_file_goes_is_refused(tmp_path):
     image = make_image(tmp_path, {"usr/lib/systemd/systemd": "x"},
-                       dirs=("usr/lib/systemd/system", "root/.ssh/authorized_keys"))
-    with pytest.raises(BuildError, match=r"directory at /root/.ssh/authorized_keys"):
+                       dirs=("usr/lib/systemd/system", "etc/ssh/sshd_config.d/banger.conf"))
+    with pytest.raises(BuildError, match=r"directory at /etc/ssh/sshd_config.d/banger.conf"):
         do_inject(image, tmp_path)
 
 
@@ -332,8 +330,12 @@ def test_step_runs_caches_and_reruns_on_template_edit(tmp_path, monkeypatch):
     assert record.params == NET.params() and record.info["init"] == "systemd"
     result = build.store.path(out)
     fsck_clean(result)
-    pub = sshkey.ensure_key(state).public_line
-    assert cat(result, "/root/.ssh/authorized_keys", tmp_path).decode() == pub + "\n"
+    # no user's key in it: another user (another state dir, another managed key) gets the very same
+    # image, with the same key, from another cache
+    assert sshkey.ensure_key(state).public_line != sshkey.ensure_key(tmp_path / "state2").public_line
+    other = step_build(tmp_path / "cache2", image, tmp_path / "state2")
+    assert run_inject_task(other) == out and other.records["inject"].key == record.key
+    assert cat(result, "/root/.ssh/authorized_keys", tmp_path) == b"ssh-rsa AAAAold someone-else\n"
     assert build.store.path(build.output("ownership", "image")).read_bytes() == image.read_bytes()
 
     again = step_build(tmp_path / "cache", image, state)

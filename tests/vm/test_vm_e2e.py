@@ -204,23 +204,37 @@ def test_sigkill_of_vm_create_mid_boot_leaves_no_vmm_and_no_running_record(env, 
     banger(env["vars"], "vm", "rm", "gamma")
 
 
-def test_a_vm_from_an_image_baked_with_another_users_key_lets_its_own_user_in(env):
-    """Another user (own state dir, so another managed key) with the same cache — as after
-    `cache import` of a CI-built image: the image's authorized_keys holds the builder's key."""
-    other = {**env["vars"], "XDG_STATE_HOME": str(env["root"] / "state2"),
-             "BANGER_SSH_CONFIG": str(env["root"] / "ssh_config2")}
-    banger(other, "vm", "create", "vmtest", "--name", "delta", *SMALL)
+def test_two_users_build_the_same_image_and_each_logs_into_its_vm_with_its_own_key(env, debian_image_ref):
+    """No user's key is baked into an image: another user (own state dir, so another managed key)
+    builds the same rootfs, byte for byte, in a cache of their own; from the shared cache (as after
+    `cache import` of a CI-built image) each user's VM, restored from the snapshot or booted
+    cold, lets that user in, and its authorized_keys holds that user's key only."""
+    state2 = env["root"] / "state2"
+    (state2 / "banger").mkdir(parents=True)
+    (state2 / "banger" / "kernels").symlink_to((env["state"] / "kernels").resolve())
+    other = {**env["vars"], "XDG_STATE_HOME": str(state2), "BANGER_SSH_CONFIG": str(env["root"] / "ssh_config2")}
+    theirs_built = json.loads(banger({**other, "BANGER_CACHE_DIR": str(env["root"] / "cache2")}, "build",
+                                     f"image={debian_image_ref}", "name=vmtest", "boot=no", "--json").stdout)
+    ours_built = json.loads(banger(env["vars"], "image", "show", "vmtest", "--json").stdout)
+    digest = Path(theirs_built["artifacts"]["rootfs"]).name  # blobs/blake3/<hex>: the same file name
+    assert digest == Path(ours_built["artifacts"]["rootfs"]).name
+
+    banger(env["vars"], "vm", "create", "vmtest", "--name", "kappa", *SMALL)
+    banger(other, "vm", "create", "vmtest", "--name", "delta", "--cold", *SMALL)
     try:
-        theirs = (env["root"] / "state2" / "banger" / "ssh" / "id_ed25519.pub").read_text().split()[1]
         ours = (env["state"] / "ssh" / "id_ed25519.pub").read_text().split()[1]
+        theirs = (state2 / "banger" / "ssh" / "id_ed25519.pub").read_text().split()[1]
         assert theirs != ours
+        mine = ssh(env, "kappa", "cat /root/.ssh/authorized_keys").stdout
         proc = subprocess.run(["ssh", "-F", other["BANGER_SSH_CONFIG"], "-o", "BatchMode=yes", "delta.vm",
                                "cat /root/.ssh/authorized_keys"], capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr
-        assert ours in proc.stdout and theirs in proc.stdout  # the image's key stays, the user's is added
+        assert ours in mine and theirs not in mine
+        assert theirs in proc.stdout and ours not in proc.stdout
     finally:
         banger(other, "vm", "rm", "--force", "delta")
+        banger(env["vars"], "vm", "rm", "--force", "kappa")
 
 
 NOBODY = 65534
