@@ -43,11 +43,12 @@ def steps_chart(steps: list[dict], width: int = 640) -> str:
 def kinds_chart(kinds: dict[str, int], width: int = 640) -> str:
     """The cache's bytes by kind, as one stacked bar with a legend."""
     total = sum(kinds.values()) or 1
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="kinds-chart" width="{width}" height="60" '
-           f'role="img" aria-label="cache by kind">']
+    out = []
     x = 0.0
     legend_x = 0
     for i, (kind, size) in enumerate(kinds.items()):
+        if kind == "other" and not size:
+            continue
         colour = KIND_COLOURS[i % len(KIND_COLOURS)]
         w = width * size / total
         if w > 0:
@@ -58,8 +59,9 @@ def kinds_chart(kinds: dict[str, int], width: int = 640) -> str:
         out.append(f'<rect x="{legend_x}" y="34" width="10" height="10" fill="{colour}"/>'
                    f'<text x="{legend_x + 14}" y="43" font-size="11">{escape(label)}</text>')
         legend_x += 14 + 7 * len(label) + 12
-    out.append("</svg>")
-    return "".join(out)
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="kinds-chart" width="{max(width, legend_x)}" '
+            f'height="60" role="img" aria-label="cache by kind">')
+    return head + "".join(out) + "</svg>"
 
 
 def _seconds(step: dict) -> float:

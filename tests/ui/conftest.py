@@ -59,3 +59,39 @@ def serve():
     for server, thread in running:
         server.stop()
         thread.join(30)
+
+
+CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian chromium driven by selenium; anything but loopback goes to a dead proxy."""
+    import shutil
+
+    binary, driver = shutil.which(CHROMIUM), shutil.which(CHROMEDRIVER)
+    if not binary or not driver:
+        pytest.skip("no chromium/chromedriver here: install Debian's chromium and chromium-driver "
+                    "(scripts/setup.sh) to run the browser tests")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-default-apps",
+                 "--disable-domain-reliability", "--proxy-server=http://127.0.0.1:9",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    drv = webdriver.Chrome(options=options, service=Service(driver, log_output=str(tmp_path / "chromedriver.log")))
+    drv.set_page_load_timeout(300)
+    yield drv
+    drv.quit()
+
+
+def wait_for(driver, condition, what: str, timeout: float = 120):
+    """Wait (generously) until condition(driver) is true; fail naming `what`."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message=f"waited {timeout:g} s for {what}")
