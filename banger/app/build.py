@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Callable, Sequence
 
 from banger.engine import doit_runner
-from banger.core import images, inflight, pins, procs
+from banger.core import images, inflight, journal, pins, procs
 from banger.steps import pipeline
 from banger.core.config import Dirs, keep_trees
 from banger.engine.tasks import Build
@@ -27,13 +28,49 @@ def run_build(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = N
     """`cache_from`: registries consulted on a local miss (with `cache_from` in the config);
     `cache_to`: where the image's records and outputs are pushed after the build. A registry that
     cannot be used costs one warning line, the build goes on locally (cache_remote.py)."""
-    with building(dirs, log):  # until the image is named, nothing references what the build made
-        record = record_image(execute(spec, dirs, log, cache_from), spec)
+    with building(dirs, log), journaled(spec, dirs, log) as log:  # until the image is named, nothing
+        record = record_image(execute(spec, dirs, log, cache_from), spec)  # references what it made
     if cache_to:
         from banger.app import cache_remote_ops
 
         cache_remote_ops.push_after_build(dirs, cache_to, record.name, log or (lambda msg: None))
     return record
+
+
+@contextlib.contextmanager
+def journaled(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None):
+    """The build's journal (core/journal.py) for `banger ui`: yields the log to build with, which
+    also writes each line to the journal; `execute` finds the journal's steps hook in it."""
+    shown = log or (lambda msg: None)
+    try:
+        j = journal.Journal(dirs.state, spec_words(spec))
+    except OSError as exc:  # no journal, no live view: the build itself goes on
+        shown(f"warning: cannot write the build journal ({exc}); `banger ui` will not show this build live")
+        yield log
+        return
+
+    def both(message: str) -> None:
+        j.write("log", message=message)
+        shown(message)
+
+    both.journal = j  # type: ignore[attr-defined]
+    try:
+        yield both
+    except BaseException as exc:
+        j.close(False, str(exc) or type(exc).__name__)
+        raise
+    j.close(True)
+
+
+def spec_words(spec: BuildSpec) -> list[str]:
+    """The `key=value` words of a spec (its non-default fields)."""
+    default = BuildSpec(image=spec.image)
+    words = [f"image={spec.image}"]
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if f.name != "image" and value != getattr(default, f.name):
+            words.append(f"{f.name}={'yes' if value is True else 'no' if value is False else value}")
+    return words
 
 
 def building(dirs: Dirs, log: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
@@ -59,6 +96,9 @@ def execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = Non
 def _execute(spec: BuildSpec, dirs: Dirs, log: Callable[[str], None] | None = None,
              cache_from: Sequence[str] = ()) -> Build:
     build = new_build(spec, dirs, log)
+    j = getattr(log, "journal", None)
+    if j is not None:
+        build.on_event = j.write
     from banger.app import cache_remote_ops
 
     cache_remote_ops.attach(build, dirs, cache_from)

@@ -72,11 +72,32 @@ def entries(store: Store) -> list[Entry]:
     return [Entry(d, store.size_of(d), store.last_used(d), d in kept) for d in store.artifacts()]
 
 
+KINDS = {"fetch": "layers", "flatten": "trees", "ext4": "images", "ownership": "images", "inject": "images",
+         "stage-kernel": "kernels", SNAPSHOT_STEP: "snapshots"}  # the step that made it -> its kind
+KIND_ORDER = ("layers", "trees", "images", "kernels", "snapshots", "other")
+
+
+def kind_of(store: Store) -> dict[str, str]:
+    """digest -> kind (layers, trees, images, kernels, snapshots) by the step whose record names
+    it as an output; what no record names (manifests, boot results...) is not in the map."""
+    kinds: dict[str, str] = {}
+    for record, _ in store.records():
+        kind = KINDS.get(record.step.split(":", 1)[0], "other")
+        for d in _digests_in(record.outputs):
+            kinds.setdefault(d, kind)
+    return kinds
+
+
 def usage(store: Store) -> dict:
-    """What `cache du` says: the cache's size, what named images keep, and the RAM it holds."""
+    """What `cache du` says: the cache's size, what named images keep, its bytes by kind (layers,
+    trees, images, kernels, snapshots, other), and the RAM it holds."""
     rows = entries(store)
+    kinds = kind_of(store)
+    by_kind = dict.fromkeys(KIND_ORDER, 0)
+    for e in rows:
+        by_kind[kinds.get(e.digest, "other")] += e.size
     return {"total": sum(e.size for e in rows), "referenced": sum(e.size for e in rows if e.referenced),
-            "artifacts": len(rows), "path": str(store.root),
+            "artifacts": len(rows), "path": str(store.root), "kinds": by_kind,
             "ram": store.ram.used() if store.ram else 0, "ram_path": str(store.ram.root) if store.ram else None}
 
 

@@ -46,8 +46,9 @@ def cache_du(as_json: bool = typer.Option(False, "--json")) -> None:
 
     u = usage(store())
     ram = f"; {human_bytes(u['ram'])} in RAM at {u['ram_path']}" if u["ram_path"] else ""
+    kinds = ", ".join(f"{k} {human_bytes(n)}" for k, n in u["kinds"].items() if n)
     emit(u, as_json, [f"{human_bytes(u['total'])} in {u['artifacts']} artifacts ({human_bytes(u['referenced'])} kept by "
-                      f"named images) at {u['path']}{ram}"])
+                      f"named images) at {u['path']}{ram}"] + ([f"by kind: {kinds}"] if kinds else []))
 
 
 @cache_app.command("verify")

@@ -17,11 +17,9 @@ kernel_app = typer_app(no_args_is_help=True, help="Kernel bundles: list, show, i
 
 
 def _summary(bundle: Bundle, default: str) -> dict:
-    m = bundle.manifest
-    return {"name": m.name, "version": m.version, "arch": m.arch, "distro": m.distro,
-            "source": m.source, "imported_at": m.imported_at, "size": bundle.size,
-            "files": sorted(m.files), "default": m.name == default, "path": str(bundle.path),
-            "digest": bundle.digest}
+    from banger.kernel.bundle import summary
+
+    return summary(bundle, default)
 
 
 @kernel_app.command("list")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from banger.cli import build, misc
+from banger.cli import build, misc, ui
 from banger.cli.cache import cache_app
 from banger.cli.common import state, typer_app
 from banger.cli.image import image_app
@@ -25,6 +25,7 @@ app.command("ps", help="Alias of `banger vm list`.")(vm_list)
 app.command()(misc.demo)
 app.command()(misc.version)
 app.command()(misc.doctor)
+app.command()(ui.ui)
 
 
 @app.callback()

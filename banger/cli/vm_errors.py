@@ -10,16 +10,9 @@ from banger.cli.common import fail
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from banger.core.errors import BuildError
-    from banger.core.images import ImageError
-    from banger.engine.spec import SpecError
-    from banger.hypervisor.choice import HypervisorError
-    from banger.hypervisor.vm import VMError
-    from banger.rootfs.guest_assets import AssetError
-    from banger.vm.records import VMStateError
-    from banger.vm.sshconfig import SshConfigError
+    from banger.vm.errors import user_errors
 
-    return (BuildError, ImageError, SpecError, HypervisorError, VMError, AssetError, VMStateError, SshConfigError)
+    return user_errors()
 
 
 def run(fn, *args, **kwargs):

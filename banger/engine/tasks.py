@@ -82,6 +82,13 @@ class Build:
         # consulted on a local miss (--cache-from): key -> the record, pulled, verified and in the
         # store, or None; it warns (build.log) and returns None when the remote cannot help
         self.remote: Callable[[str], ActionRecord | None] | None = None
+        # told (event, fields) when a step starts running and when it is done: the build's
+        # journal that `banger ui` shows live (core/journal.py)
+        self.on_event: Callable[..., None] | None = None
+
+    def _event(self, event: str, **fields) -> None:
+        if self.on_event is not None:
+            self.on_event(event, **fields)
 
     def output(self, step: str, name: str) -> str:
         try:
@@ -124,6 +131,7 @@ class Build:
             if record is not None:
                 self._accept(step, record, "cached", time.monotonic() - start)
                 return
+            self._event("step-start", step=step.name)
             needed = self.remakeable_inputs(parts["inputs"])
             with self.store.using(needed), self.store.staging(f"{step.name.replace(':', '-')}-") as stage:
                 self.materialize(needed)
@@ -194,6 +202,7 @@ class Build:
         for d in record.outputs.values():
             self.store.touch(d)
         self.report.append(StepReport(step.name, status, round(seconds, 3), record.key))
+        self._event("step", step=step.name, status=status, seconds=round(seconds, 3))
 
 
 def step_task(build: Build, *, name: str, version: str, work: Callable[[StepRun], dict[str, str]],

@@ -89,9 +89,7 @@ class GuestNetwork:
         return " ".join(words)
 
 
-# how often a wait reads the console log again: the host waits on the guest's lines at every
-# start, and a read of a small file costs next to nothing
-CONSOLE_POLL = 0.02
+CONSOLE_POLL = 0.02  # seconds between reads of the console log while a start waits on a line (cheap)
 
 # ---- live VM registry, signals, exit -------------------------------------------------------------
 _live: set["VM"] = set()

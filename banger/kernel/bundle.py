@@ -365,3 +365,12 @@ def _arch_of(d: Path) -> str:
     if (d / "vmlinuz").is_file() and vmlinux.is_bzimage(d / "vmlinuz"):
         return "amd64"
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def summary(bundle: Bundle, default: str) -> dict:
+    """What `banger kernel list --json` (and `banger ui`) show of an installed bundle."""
+    m = bundle.manifest
+    return {"name": m.name, "version": m.version, "arch": m.arch, "distro": m.distro,
+            "source": m.source, "imported_at": m.imported_at, "size": bundle.size,
+            "files": sorted(m.files), "default": m.name == default, "path": str(bundle.path),
+            "digest": bundle.digest}

@@ -344,13 +344,14 @@ def _single_top(tree: Path) -> Path:
 
 
 # ---- listing ---------------------------------------------------------------------------------
-def available(dirs: config.Dirs, catalog_ref: str | None = None) -> list[dict]:
-    """Catalog entries with their state (pulled / available), version and size where known."""
+def available(dirs: config.Dirs, catalog_ref: str | None = None, resolve: bool = True) -> list[dict]:
+    """Catalog entries with their state (pulled / available), version and size where known
+    (resolve=False: without asking the distro's mirror for its current package, as `banger ui`)."""
     rows = []
     for entry in load_catalog(catalog_ref).entries:
         row = {"name": entry.name, "source": entry.source, "version": entry.version,
                "arch": entry.arch, "size": entry.size, "description": entry.description}
-        if entry.builtin:
+        if entry.builtin and resolve:
             try:
                 package = apt.resolve_image_package(entry.source.split(":", 1)[1])
                 info = apt.package_info(package)
