@@ -5,7 +5,8 @@ The trees live under `<cache>/kernel-build/` (not in the store: a build tree is 
 make runs, and is what lets a killed compile resume):
 
     src-<deb digest>/linux-source-X.Y/   the unpacked source, shared by every config
-    out-<key>/                           make's O= dir for one source + config + compiler
+    out-<key>/                           make's O= dir for one source + config + compiler;
+                                         removed once its compile is in the store
 
 Nothing here knows about steps or bundles: banger.steps.kernel_build wires it into doit.
 """
@@ -98,7 +99,12 @@ def source_tree(cache: Path, deb: Path, deb_digest: str, log: Log) -> Path:
         if len(tops) != 1 or not (tree / tops[0] / "Makefile").is_file():
             raise KernelError(f"{tarballs[0].name} does not unpack to one kernel source directory")
         (tree / ".unpacked").write_text(tops[0] + "\n")
-        os.rename(tree, home)
+        try:
+            os.rename(tree, home)
+        except OSError:
+            if not done.is_file():  # not a concurrent build that unpacked it first
+                raise
+
     finally:
         remove_tree(work)
     return home / tops[0]

@@ -8,7 +8,8 @@ olddefconfig, checked (every option asked for survived); keyed by the .deb's dig
 fragment and the toolchain; output the .config. kernel-compile: `make vmlinux bzImage`, keyed by
 the .deb, the .config and the toolchain; outputs vmlinux and bzImage. The source tree and make's
 O= tree stay under <cache>/kernel-build/ (banger.kernel.compile), so a killed compile resumes
-where make stopped, and a second build is two cached lookups.
+where make stopped (the O= tree goes once the compile's outputs are in the store); a second
+build is three cached lookups.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Callable, Iterator
 
 from banger.core import config
 from banger.core.errors import BuildError
+from banger.core.fsutil import remove_tree
 from banger.engine import tasks as engine
 from banger.kernel import apt, compile as kcompile, kconfig
 from banger.kernel.errors import KernelError
@@ -84,6 +86,7 @@ def tasks(build: engine.Build, dirs: config.Dirs, package: str, version: str,
         for role, path in (("vmlinux", vmlinux), ("bzImage", bzimage)):
             shutil.copyfile(path, run.stage / role)
             outputs[role] = run.store.ingest_file(run.stage / role, algorithm="sha256")
+        remove_tree(out)  # kept only for a killed compile to resume; the outputs are in the store
         return outputs
 
     yield engine.step_task(build, name=SOURCE, version=VERSION, work=fetch, inputs={},
