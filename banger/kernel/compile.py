@@ -4,14 +4,18 @@ source tree, the configure phase and the (resumable) compile, all under `nice -n
 The trees live under `<cache>/kernel-build/` (not in the store: a build tree is big, changes as
 make runs, and is what lets a killed compile resume):
 
-    src-<deb digest>/linux-source-X.Y/   the unpacked source, shared by every config
-    out-<key>/                           make's O= dir for one source + config + compiler;
-                                         removed once its compile is in the store
+    src-<deb digest>/linux-source-X.Y/   the unpacked source, shared by every config (~1.5 GB)
+    out-<key>/                           make's O= dir for one source + config + compiler
+
+Both go once the compile's outputs are in the store (the source unless another build is using
+it): they are kept only so that a killed or failed compile resumes where make stopped.
 
 Nothing here knows about steps or bundles: banger.steps.kernel_build wires it into doit.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -19,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from banger.core.fsutil import remove_tree
 from banger.kernel import apt, kconfig
@@ -76,9 +80,44 @@ def build_root(cache: Path) -> Path:
     return cache / "kernel-build"
 
 
+@contextlib.contextmanager
+def using_source(cache: Path, deb: Path, deb_digest: str, log: Log) -> Iterator[Path]:
+    """The unpacked source of this .deb while the caller uses it (a shared lock: drop_source
+    leaves it alone meanwhile)."""
+    root = build_root(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{_source_name(deb_digest)}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield source_tree(cache, deb, deb_digest, log)
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def drop_source(cache: Path, deb_digest: str) -> bool:
+    """Remove the unpacked source (~1.5 GB for 6.1) unless another build is using it."""
+    root = build_root(cache)
+    lock = root / f"{_source_name(deb_digest)}.lock"
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if (root / _source_name(deb_digest)).exists():
+                remove_tree(root / _source_name(deb_digest))
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return True
+
+
+def _source_name(deb_digest: str) -> str:
+    return f"src-{deb_digest.split(':', 1)[-1][:16]}"
+
+
 def source_tree(cache: Path, deb: Path, deb_digest: str, log: Log) -> Path:
     """The unpacked source of this .deb (unpacked once, renamed into place when complete)."""
-    home = build_root(cache) / f"src-{deb_digest.split(':', 1)[-1][:16]}"
+    home = build_root(cache) / _source_name(deb_digest)
     done = home / ".unpacked"
     if done.is_file():
         return home / done.read_text().strip()
@@ -166,10 +205,10 @@ def compile_kernel(src: Path, out: Path, dot_config: str, jobs: int, log: Log) -
 
 
 def _estimate_objects(out: Path) -> int:
-    """Objects left to compile, roughly: the count of a finished build of this config (~1,700 for
+    """Objects left to compile, roughly: the count of a finished build of this config (~1,350 for
     the microvm fragment) minus those already built (a resumed compile)."""
     built = sum(1 for _ in out.rglob("*.o")) if out.is_dir() else 0
-    return max(100, 1800 - built)
+    return max(100, 1350 - built)
 
 
 def kernel_release(out: Path) -> str:

@@ -8,8 +8,8 @@ olddefconfig, checked (every option asked for survived); keyed by the .deb's dig
 fragment and the toolchain; output the .config. kernel-compile: `make vmlinux bzImage`, keyed by
 the .deb, the .config and the toolchain; outputs vmlinux and bzImage. The source tree and make's
 O= tree stay under <cache>/kernel-build/ (banger.kernel.compile), so a killed compile resumes
-where make stopped (the O= tree goes once the compile's outputs are in the store); a second
-build is three cached lookups.
+where make stopped (both go once the compile's outputs are in the store); a second build is
+three cached lookups.
 """
 from __future__ import annotations
 
@@ -60,33 +60,34 @@ def tasks(build: engine.Build, dirs: config.Dirs, package: str, version: str,
         run.info["file"] = deb.name
         return {"deb": run.store.ingest_file(deb, algorithm="sha256")}
 
-    def source_tree(run: engine.StepRun):
+    def source(run: engine.StepRun):
         deb_digest = run.inputs["source"]
-        return kcompile.source_tree(dirs.cache, run.path(deb_digest), deb_digest, log)
+        return kcompile.using_source(dirs.cache, run.path(deb_digest), deb_digest, log)
 
     @_errors
     def configure(run: engine.StepRun) -> dict[str, str]:
         """configure the kernel: allnoconfig + the microVM fragment + olddefconfig"""
-        src = source_tree(run)
-        log("kernel build: configuring (allnoconfig + fragment + olddefconfig)")
-        kcompile.configure(src, run.stage / "out", fragment)
+        with source(run) as src:
+            log("kernel build: configuring (allnoconfig + fragment + olddefconfig)")
+            kcompile.configure(src, run.stage / "out", fragment)
         return {"config": run.store.ingest_file(run.stage / "out" / ".config", algorithm="sha256")}
 
     @_errors
     def compile_(run: engine.StepRun) -> dict[str, str]:
         """compile vmlinux and bzImage"""
-        src = source_tree(run)
         ident = hashlib.sha256(f"{run.inputs['source']} {run.inputs['config']} {toolchain()}".encode()).hexdigest()
         out = kcompile.build_root(dirs.cache) / f"out-{ident[:16]}"
         dot_config = run.path(run.inputs["config"]).read_text()
-        vmlinux, bzimage = kcompile.compile_kernel(src, out, dot_config, jobs, log)
+        with source(run) as src:
+            vmlinux, bzimage = kcompile.compile_kernel(src, out, dot_config, jobs, log)
         run.info["release"] = kcompile.kernel_release(out)
-        run.info["build_tree"] = out.name
         outputs = {}
         for role, path in (("vmlinux", vmlinux), ("bzImage", bzimage)):
             shutil.copyfile(path, run.stage / role)
             outputs[role] = run.store.ingest_file(run.stage / role, algorithm="sha256")
-        remove_tree(out)  # kept only for a killed compile to resume; the outputs are in the store
+        # the trees were kept only for a killed compile to resume; the outputs are in the store
+        remove_tree(out)
+        kcompile.drop_source(dirs.cache, run.inputs["source"])
         return outputs
 
     yield engine.step_task(build, name=SOURCE, version=VERSION, work=fetch, inputs={},

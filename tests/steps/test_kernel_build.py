@@ -108,7 +108,9 @@ def test_a_second_build_is_cached_and_a_config_change_rebuilds(tmp_path, source_
     changed = h.run(kconfig.merge(fragment, {"CONFIG_TUN": "n"}))
     assert h.made() == ["config", "compile", "config", "compile"]
     assert changed.records[kernel_build.COMPILE].outputs["vmlinux"] != compiled.outputs["vmlinux"]
-    assert sum("unpacking the source" in line for line in h.logs) == 1  # the source tree is kept
+    # the trees go with a finished compile: the source was unpacked again for the new config
+    assert sum("unpacking the source" in line for line in h.logs) == 2
+    assert not list(kcompile.build_root(h.dirs.cache).glob("src-*/"))
 
 
 def test_a_failed_compile_keeps_its_tree_and_the_next_run_resumes_in_it(tmp_path, source_deb, monkeypatch):
@@ -120,9 +122,11 @@ def test_a_failed_compile_keeps_its_tree_and_the_next_run_resumes_in_it(tmp_path
         h.run(kconfig.load("microvm")[0])
     trees = list(kcompile.build_root(h.dirs.cache).glob("out-*"))
     assert len(trees) == 1 and (trees[0] / "include" / "config" / "kernel.release").is_file()
+    assert len([p for p in kcompile.build_root(h.dirs.cache).glob("src-*") if p.is_dir()]) == 1
     fail.unlink()
     h.run(kconfig.load("microvm")[0])
     assert h.made() == ["config", "compile", "compile"]  # configured once; the compile ran again in the kept tree
+    assert sum("unpacking the source" in line for line in h.logs) == 1
     assert not list(kcompile.build_root(h.dirs.cache).glob("out-*"))
 
 
