@@ -90,7 +90,7 @@ def tasks(build: engine.Build, dirs: config.Dirs, package: str, version: str,
         kcompile.drop_source(dirs.cache, run.inputs["source"])
         return outputs
 
-    yield engine.step_task(build, name=SOURCE, version=VERSION, work=fetch, inputs={},
+    yield engine.step_task(build, name=SOURCE, version=VERSION, work=fetch, inputs=lambda: {},
                            params={"package": package, "version": version},
                            doc="download the kernel source package")
     yield engine.step_task(build, name=CONFIG, version=VERSION, work=configure,
