@@ -37,13 +37,13 @@ def build(dirs: Dirs, name: str, source: str = DEFAULT_SOURCE, config_choice: st
     if existing is not None and not existing.manifest.info.get("built") and not force:
         raise KernelError(f"kernel {name!r} already exists and was not built by `kernel build`; "
                           "use --force to replace it or pick another name")
+    if jobs is not None and jobs < 1:
+        raise KernelError(f"--jobs {jobs}: give at least 1 (default: the CPUs this process may use)")
     package = kcompile.source_package(source)
     fragment, label = kconfig.load(config_choice)
     kcompile.check_toolchain()
     version = kcompile.candidate_version(package)
     jobs = jobs or default_jobs()
-    if jobs < 1:
-        raise KernelError("--jobs must be at least 1")
     b = Build(Store(dirs.cache, dirs.trees), log)
     b.context["dirs"] = dirs
     task_dicts = list(step.tasks(b, dirs, package, version, fragment, jobs))

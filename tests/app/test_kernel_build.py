@@ -55,6 +55,8 @@ def test_bad_input_is_one_error_line(tmp_path, fake_apt):
         kernel_build.build(dirs, "k", source="ubuntu:linux")
     with pytest.raises(KernelError, match="cannot read the config fragment"):
         kernel_build.build(dirs, "k", config_choice=str(tmp_path / "nope.config"))
+    with pytest.raises(KernelError, match="--jobs 0: give at least 1"):
+        kernel_build.build(dirs, "k", jobs=0)
     with pytest.raises(KernelError, match="invalid kernel name"):
         kernel_build.build(dirs, "Bad Name")
     assert fake_apt == []
