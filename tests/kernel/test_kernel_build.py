@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from banger.core import images
 from banger.core.config import volatile_trees_dir
 from banger.core.fsutil import remove_tree
 from banger.core.store import Store
@@ -100,26 +101,9 @@ def test_the_debian_image_boots_to_ssh_with_it_without_initramfs(microvm_boot):
 def test_stage_kernel_with_it_passes_the_image_through(microvm_boot):
     """No modules to add: stage-kernel's rootfs is inject's image (no new copy in the cache)."""
     env, result = microvm_boot
-    keys = {s["step"]: s["key"] for s in result["steps"]}
     store = Store(Path(env["BANGER_CACHE_DIR"]))
+    keys = {s["step"]: s["key"] for s in images.load(store, result["image"]).steps}
     staged = store.get_record(keys["stage-kernel"])
     assert staged.outputs["rootfs"] == store.get_record(keys["inject"]).outputs["image"]
     assert staged.info["injected_module_files"] == 0 and staged.info["bundle"] == "microvm"
 
-
-def test_it_boots_under_qemu_microvm_machine_too(microvm_boot, monkeypatch):
-    """QEMU's -M microvm (no PCI, no firmware: virtio-mmio devices named on the kernel command
-    line, PVH entry), as banger uses it where KVM runs; here under TCG."""
-    from banger.core.config import Dirs
-    from banger.hypervisor import choice
-    from banger.steps import boot
-
-    env, result = microvm_boot
-    machine = choice.Choice("qemu", "tcg", "microvm", "the test asks for -M microvm", shutil.which("qemu-system-x86_64"))
-    monkeypatch.setattr(choice, "choose", lambda requested="auto", **kw: machine)
-    root = Path(env["XDG_STATE_HOME"]).parent
-    dirs = Dirs(cache=root / "cache", state=root / "state" / "banger", config=root / "config" / "banger")
-    a = {k: Path(v) for k, v in result["artifacts"].items()}
-    probe = boot.boot_and_probe(a["rootfs"], a["kernel"], None, boot.BootConfig(), dirs, vmlinux=a.get("vmlinux"))
-    assert probe["machine"] == "microvm" and probe["uid"] == 0
-    assert probe["failed_units"] == [], probe
