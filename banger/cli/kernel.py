@@ -1,4 +1,4 @@
-"""`banger kernel ...`: list, show, rm, import and pull kernel bundles."""
+"""`banger kernel ...`: list, show, rm, import, pull and build kernel bundles."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from banger.kernel.errors import KernelError
 if TYPE_CHECKING:  # the kernel modules load when a kernel command runs, not at every CLI start
     from banger.kernel.bundle import Bundle
 
-kernel_app = typer_app(no_args_is_help=True, help="Kernel bundles: list, show, import, pull, rm.")
+kernel_app = typer_app(no_args_is_help=True, help="Kernel bundles: list, show, import, pull, build, rm.")
 
 
 def _summary(bundle: Bundle, default: str) -> dict:
@@ -40,7 +40,7 @@ def list_cmd(available: bool = typer.Option(False, "--available", help="Show the
             default = kernel_bundle.default_name(d)
             rows = [_summary(b, default) for b in kernel_bundle.list_bundles(d)]
             lines = [f"{'*' if r['default'] else ' '} {r['name']:<24} {r['version']:<28} {r['arch']:<6} "
-                     f"{human_size(r['size']):>10}  {r['source']}" for r in rows]
+                     f"{human_size(r['size']):>10}  {r['role']:<8}  {r['source']}" for r in rows]
             if not rows:
                 lines = ["no kernels installed; run `banger kernel pull debian:cloud-amd64`"]
     except KernelError as exc:
@@ -63,7 +63,8 @@ def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
         typer.echo(json.dumps(data, indent=2))
         return
     m = bundle.manifest
-    typer.echo(f"{m.name}{'  (default)' if data['default'] else ''}")
+    role = f"  ({data['role']})" if data["role"] else ""
+    typer.echo(f"{m.name}{role}")
     for key in ("version", "arch", "distro", "source", "imported_at", "path"):
         typer.echo(f"  {key + ':':<13}{data[key]}")
     for fname, digest in sorted(m.files.items()):
@@ -119,3 +120,23 @@ def pull_cmd(name: str = typer.Argument(..., help="A catalog name, or debian:<fl
     except KernelError as exc:
         fail(str(exc))
     typer.echo(result.message())
+
+
+@kernel_app.command("build")
+def build_cmd(name: str = typer.Argument(..., help="The bundle's name, e.g. microvm."),
+              source: str = typer.Option("debian:linux-source-6.1", "--source",
+                                         help="debian:linux-source-X.Y, fetched with the host's apt."),
+              config: str = typer.Option("microvm", "--config",
+                                         help="microvm, or a fragment FILE merged over it."),
+              jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: the CPUs)."),
+              force: bool = typer.Option(False, "--force", help="Replace a bundle of that name not built here.")) -> None:
+    """Compile a microVM kernel (no modules, no initramfs) as cached steps; it becomes the default."""
+    from banger.app.kernel_build import build
+    from banger.core.errors import BuildError
+
+    try:
+        bundle, installed = build(dirs(), name, source, config, jobs, force=force, log=say)
+    except (KernelError, BuildError) as exc:
+        fail(str(exc))
+    what = "built" if installed else "up to date:"
+    typer.echo(f"{what} kernel {bundle.name} ({bundle.version}) at {bundle.path}")

@@ -5,6 +5,10 @@
     <name>/vmlinux         uncompressed ELF (Firecracker on x86_64)
     <name>/initrd.img      optional initramfs
     <name>/modules/<ver>/  optional modules, depmod'ed (modules.dep etc. present)
+    <name>/config          optional: the .config of a kernel `banger kernel build` compiled
+
+Default: config.json's "default_kernel"; else the newest bundle `kernel build` made (a kernel
+with everything built in, booting without initramfs); else the Debian cloud kernel (FALLBACK).
 
 Bundles are assembled in `<kernels>/.staging/` (same filesystem), hashed, then renamed into
 place, so a failed import or pull leaves nothing behind.
@@ -36,7 +40,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_KERNEL = "debian-cloud-amd64"  # what `kernel pull debian:cloud-amd64` installs
 DEFAULT_SOURCE = "debian:cloud-amd64"
 KERNEL_FILES = ("vmlinuz", "vmlinux")
-FILES = ("vmlinuz", "vmlinux", "initrd.img")
+FILES = ("vmlinuz", "vmlinux", "initrd.img", "config")
 VERIFIED_STAMP = ".verified"  # stat() listing of the files at the last full verification
 MANIFEST = "manifest.json"
 METADATA = "metadata.json"
@@ -57,7 +61,18 @@ def kernels_dir(dirs: config.Dirs) -> Path:
 
 
 def default_name(dirs: config.Dirs) -> str:
-    return str(config.load_config(dirs).get("default_kernel") or DEFAULT_KERNEL)
+    """config.json's "default_kernel", else the newest built bundle, else DEFAULT_KERNEL."""
+    chosen = config.load_config(dirs).get("default_kernel")
+    if chosen:
+        return str(chosen)
+    built = newest_built(dirs)
+    return built.name if built is not None else DEFAULT_KERNEL
+
+
+def newest_built(dirs: config.Dirs) -> "Bundle | None":
+    """The most recently installed bundle `banger kernel build` made, if any."""
+    built = [b for b in list_bundles(dirs) if b.built]
+    return max(built, key=lambda b: (b.manifest.imported_at, b.name)) if built else None
 
 
 @dataclass
@@ -108,6 +123,11 @@ class Bundle:
         found = self.file("vmlinuz") or self.file("vmlinux")
         assert found is not None
         return found
+
+    @property
+    def built(self) -> bool:
+        """Made by `banger kernel build`: everything built in, no modules, no initramfs."""
+        return bool(self.manifest.info.get("built")) and "modules" not in self.manifest.files
 
     @property
     def modules_root(self) -> Path | None:
@@ -370,7 +390,8 @@ def _arch_of(d: Path) -> str:
 def summary(bundle: Bundle, default: str) -> dict:
     """What `banger kernel list --json` (and `banger ui`) show of an installed bundle."""
     m = bundle.manifest
+    role = "default" if m.name == default else "fallback" if m.name == DEFAULT_KERNEL else ""
     return {"name": m.name, "version": m.version, "arch": m.arch, "distro": m.distro,
             "source": m.source, "imported_at": m.imported_at, "size": bundle.size,
-            "files": sorted(m.files), "default": m.name == default, "path": str(bundle.path),
-            "digest": bundle.digest}
+            "files": sorted(m.files), "default": m.name == default, "role": role,
+            "built": bundle.built, "path": str(bundle.path), "digest": bundle.digest}

@@ -14,6 +14,10 @@ it runs, it masks the unit (a link /etc/systemd/system/kmod-static-nodes.service
 Nothing is lost: the static nodes it lists only serve to load their module with modprobe (kmod)
 when opened, and the image has none.
 
+A bundle without modules (one `banger kernel build` made: everything built in, no initramfs)
+has nothing to put into the rootfs: the step's "rootfs" output is then the injected image itself,
+the same store object (no copy, no fsck); only the boot files are staged.
+
 Outputs: {"rootfs", "kernel" (vmlinuz, else vmlinux), "vmlinux", "initrd"}; the last two only
 when the bundle has them.
 """
@@ -60,13 +64,15 @@ class StagedKernel:
 # ---- the work ----------------------------------------------------------------------------------
 def stage(image: Path, bundle: Bundle, workdir: Path, log: Callable[[str], None] = lambda m: None) -> StagedKernel:
     """Copy `image` to workdir/rootfs.img (adding the bundle's modules if it lacks them) and copy
-    the bundle's boot files beside it, checked against the manifest."""
+    the bundle's boot files beside it, checked against the manifest. A bundle without modules
+    leaves the image alone: `rootfs` is then `image` itself."""
     try:
         bundle.verify()
     except KernelError as exc:
         raise BuildError(str(exc)) from None
-    rootfs = workdir / "rootfs.img"
-    fsutil.copy_sparse(image, rootfs)
+    rootfs = workdir / "rootfs.img" if bundle.modules_root is not None else image
+    if bundle.modules_root is not None:
+        fsutil.copy_sparse(image, rootfs)
     result = StagedKernel(rootfs, kernel=workdir / "kernel", vmlinux=None, initrd=None)
     shutil.copyfile(bundle.kernel, result.kernel)
     if bundle.file("vmlinux"):
@@ -266,13 +272,17 @@ def tasks(build: engine.Build, spec: BuildSpec) -> Iterator[dict]:
 
     def work(run: engine.StepRun) -> dict[str, str]:
         """Stage the kernel bundle beside the rootfs (injecting its modules if needed)."""
-        staged = stage(run.path(run.inputs["image"]), bundle, run.stage, build.log)
-        e2fs.fsck(staged.rootfs)
+        image = run.inputs["image"]
+        staged = stage(run.path(image), bundle, run.stage, build.log)
         run.info.update({"bundle": bundle.name, "kernel_version": bundle.version,
                          "injected_module_files": staged.injected_files, "grown_by": staged.grown_by,
                          "masked_units": list(staged.masked)})
-        outputs = {"rootfs": run.store.ingest_file(staged.rootfs),
-                   "kernel": run.store.ingest_file(staged.kernel)}
+        if staged.rootfs == run.path(image):  # nothing went into it: the same store object
+            outputs = {"rootfs": image}
+        else:
+            e2fs.fsck(staged.rootfs)
+            outputs = {"rootfs": run.store.ingest_file(staged.rootfs)}
+        outputs["kernel"] = run.store.ingest_file(staged.kernel)
         if staged.vmlinux is not None:
             outputs["vmlinux"] = run.store.ingest_file(staged.vmlinux)
         if staged.initrd is not None:

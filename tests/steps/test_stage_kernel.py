@@ -101,3 +101,30 @@ def test_the_unit_is_left_alone(tmp_path, case):
     assert build.records["stage-kernel"].info["masked_units"] == []
     after = stat(rootfs, MASK)
     assert ("Type: regular" in after) if case == "the admin's own unit" else (stage_kernel.NOT_FOUND in after)
+
+
+def test_a_bundle_without_modules_stages_the_image_itself(tmp_path, monkeypatch):
+    """A module-less bundle (what `kernel build` makes) puts nothing into the rootfs: the step's
+    rootfs output is the inject step's image, the same store object; it is neither copied nor
+    checked again (the ~1 s of copy + fsck + hash per template edit the step cost before)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the rootfs was copied or checked again")
+
+    monkeypatch.setattr(stage_kernel.fsutil, "copy_sparse", refuse)
+    monkeypatch.setattr(stage_kernel.e2fs, "fsck", refuse)
+    image = make_image(tmp_path, {"usr/lib/systemd/system/kmod-static-nodes.service": UNIT})
+    dirs = kernel_dirs(tmp_path)
+    src = make_kernel_tree(tmp_path / "src", RELEASE, modules=False, initrd=False)
+    sources.import_dir(dirs, "k", src)
+    store = Store(tmp_path / "store")
+    build = Build(store, log=lambda m: None)
+    build.context["dirs"] = dirs
+    injected = store.ingest_file(image)
+    build.records["inject"] = ActionRecord(key="k", step="inject", step_version="0", inputs={}, params={},
+                                           tools={}, outputs={"image": injected})
+    list(stage_kernel.tasks(build, BuildSpec(image="x", kernel="k")))
+    build.execute(build.steps["stage-kernel"])
+    record = build.records["stage-kernel"]
+    assert record.outputs["rootfs"] == injected
+    assert "initrd" not in record.outputs and record.info["injected_module_files"] == 0
+    assert store.record_valid(store.get_record(record.key))
