@@ -132,7 +132,9 @@ def drop_intermediates(build: Build) -> list[str]:
     if damaged or pins.damaged(store.root):  # either could name one of them: keep them all
         return []
     drop = {d for r in build.records.values() for d in intermediates(r)}
-    keep = {d for r in build.records.values() for d in r.outputs.values()} - drop
+    # another step's output may be the same file (stage-kernel passes inject's image through
+    # when the kernel has no modules): that one is final
+    keep = {d for r in build.records.values() for d in r.outputs.values() if d not in intermediates(r)}
     for image in named:
         keep |= {d for d in image.artifacts.values() if isinstance(d, str)}
     for pinned in pins.pinned(store.root).values():

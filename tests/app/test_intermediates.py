@@ -89,3 +89,20 @@ def test_a_dropped_image_a_step_is_reading_stays(tmp_path):
         assert not store.drop(digest) and store.path(digest).exists()
     assert store.drop(digest) and not store.path(digest).exists()
 
+
+
+def test_an_image_passed_through_by_a_module_less_kernel_is_kept_as_the_rootfs(small_build, tmp_path):
+    """With a kernel that has no modules (`kernel build`), stage-kernel's rootfs is inject's image
+    itself: the same store object is then a final output, and stays."""
+    dirs, env, spec = small_build
+    sources.import_dir(dirs, "bare", make_kernel_tree(tmp_path / "bare-src", "6.1.0-97-amd64", modules=False,
+                                                      initrd=False))
+    built = build_app.run_build(dataclasses.replace(spec, kernel="bare", name="small-bare"), dirs,
+                                log=lambda m: None)
+    store = Store(dirs.cache)
+    made = outputs(store, built)
+    assert made["stage-kernel"]["rootfs"] == made["inject"]["image"] == built.artifacts["rootfs"]
+    assert store.path(built.artifacts["rootfs"]).exists() and store.verify(built.artifacts["rootfs"], full=True)
+    again = build_app.run_build(dataclasses.replace(spec, kernel="bare", name="small-bare"), dirs,
+                                log=lambda m: None)
+    assert {s["status"] for s in again.steps} == {"cached"}
