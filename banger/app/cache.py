@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from banger.core import digest as dg
 from banger.core import images, inflight, pins, procs
 from banger.core.fsutil import remove_tree
+from banger.core.records import strings_in
 from banger.steps.snapshot import NAME as SNAPSHOT_STEP
 from banger.core.store import TREE, Store
 
@@ -18,16 +19,9 @@ class CacheError(RuntimeError):
 
 
 def _digests_in(value) -> Iterator[str]:
-    if isinstance(value, str):
-        bare = value.removeprefix(TREE)
-        if dg.DIGEST_RE.fullmatch(bare):
-            yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _digests_in(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _digests_in(v)
+    for s in strings_in(value):
+        if dg.DIGEST_RE.fullmatch(s.removeprefix(TREE)):
+            yield s
 
 
 def image_closure(store: Store, image: images.ImageRecord) -> tuple[set[str], set[str]]:

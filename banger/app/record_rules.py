@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from banger.core import digest as dg
+from banger.core.records import strings_in
 from banger.core.store import TREE, ActionRecord, action_key
 
 PROVENANCE_OUTPUTS = ("image", "rootfs")  # disk images: one derivation each
@@ -67,7 +68,7 @@ def _derivation(record: ActionRecord) -> str:
 
 def claims(record: ActionRecord) -> set[str]:
     """The disk images this record says it made (not those it passed through from its inputs)."""
-    own_inputs = set(_digests(record.inputs))
+    own_inputs = set(strings_in(record.inputs))
     return {d for name, d in record.outputs.items()
             if name in PROVENANCE_OUTPUTS and isinstance(d, str) and d not in own_inputs}
 
@@ -80,13 +81,3 @@ def conflicts(records: Iterable[ActionRecord]) -> dict[str, list[ActionRecord]]:
             by_digest.setdefault(d, []).append(record)
     return {d: rs for d, rs in by_digest.items() if len({_derivation(r) for r in rs}) > 1}
 
-
-def _digests(value) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _digests(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _digests(v)

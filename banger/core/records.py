@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, dataclass, field, fields
+from typing import Iterator
 
 from banger.core import digest as dg
 from banger.core.ram_trees import TREE
@@ -45,6 +46,19 @@ def intermediates(record: "ActionRecord") -> set[str]:
     """The digests of the record's intermediate disk images (what a finished build drops)."""
     return {record.outputs[name] for name in INTERMEDIATES.get(record.step.split(":")[0], ())
             if name in record.outputs}
+
+
+def strings_in(value) -> Iterator[str]:
+    """The strings in a record's inputs, outputs or extra (nested dicts and lists too), in order:
+    the digests, with whatever else a caller filters out."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings_in(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings_in(v)
 
 
 def action_key(step: str, step_version: str, inputs: dict, params: dict, tools: dict) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from banger.core.diskspace import disk_full, is_enospc
 from banger.core.errors import BuildError
 from banger.core.progress import activity
+from banger.core.records import strings_in
 from banger.core.store import TREE, ActionRecord, Store, action_key, remakeable
 
 
@@ -171,7 +172,7 @@ class Build:
         """The inputs a step must have materialized before it reads them: trees, and the
         outputs of this build's steps that a build may drop (records.remakeable)."""
         optional = {r.outputs[n] for r in self.records.values() for n in remakeable(r)}
-        return list(dict.fromkeys(d for d in _digests(inputs) if d.startswith(TREE) or d in optional))
+        return list(dict.fromkeys(d for d in strings_in(inputs) if d.startswith(TREE) or d in optional))
 
     def materialize(self, digests: list[str]) -> None:
         """Make sure the trees and intermediate images a step is about to read are here and intact
@@ -245,17 +246,6 @@ def _disk_full(exc: OSError, build: Build) -> str:
     target = exc.filename or build.store.root
     return disk_full(Path(target), f"what it writes in {target}", show_free=False)  # its staging is gone
 
-
-def _digests(value) -> Iterator[str]:
-    """The strings in an inputs dict (nested dicts and lists too), in order."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _digests(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _digests(v)
 
 
 def _thunk(value: Callable[[], dict] | dict | None) -> Callable[[], dict]:

@@ -67,26 +67,22 @@ def make_app(dirs: Dirs, keys: Secrets):
 
         return page("dashboard.html", msg=request.query_params.get("msg", ""), **await run_in_threadpool(gather))
 
-    async def image(request: Request):
+    async def detail(view: Callable, name: str, template: str, request: Request, as_name: str | None = None):
+        """One thing's page (an image, a VM, a build); 404 with the view's message if it is not there."""
         try:
-            data = await run_in_threadpool(views.image, dirs, request.path_params["name"])
+            data = await run_in_threadpool(view, dirs, request.path_params[name])
         except views.UIError as exc:
             return page("message.html", 404, message=str(exc))
-        return page("image.html", **data)
+        return page(template, **({as_name: data} if as_name else data))
+
+    async def image(request: Request):
+        return await detail(views.image, "name", "image.html", request)
 
     async def vm(request: Request):
-        try:
-            data = await run_in_threadpool(views.vm, dirs, request.path_params["name"])
-        except views.UIError as exc:
-            return page("message.html", 404, message=str(exc))
-        return page("vm.html", vm=data)
+        return await detail(views.vm, "name", "vm.html", request, "vm")
 
     async def build(request: Request):
-        try:
-            data = await run_in_threadpool(views.build, dirs, request.path_params["id"])
-        except views.UIError as exc:
-            return page("message.html", 404, message=str(exc))
-        return page("build.html", build=data)
+        return await detail(views.build, "id", "build.html", request, "build")
 
     async def build_events(request: Request):
         from banger.core import journal
