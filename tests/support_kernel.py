@@ -214,3 +214,14 @@ def boot_qemu(kernel: Path, initrd: Path, disk: Path, marker: str, append: str =
             proc.kill()
         proc.wait(timeout=10)
     return Boot("\n".join(lines), time.monotonic() - start, marker_at, proc.returncode)
+
+
+def vm_home(root: Path, bundle: Bundle) -> dict[str, str]:
+    """A private banger home under root for tests that boot real VMs (cache, state, config, ssh
+    config, HOME), its kernels dir linked to `bundle`'s: the environment variables that use it."""
+    state = root / "state" / "banger"
+    state.mkdir(parents=True)
+    (state / "kernels").symlink_to(bundle.path.parent)
+    return {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
+            "XDG_CONFIG_HOME": str(root / "config"), "BANGER_SSH_CONFIG": str(root / "ssh_config"),
+            "HOME": str(root / "home")}

@@ -11,6 +11,7 @@ from selenium.webdriver.common.by import By
 
 from banger.core.config import default_dirs, volatile_trees_dir
 from banger.core.fsutil import remove_tree
+from tests.support_kernel import vm_home
 from tests.support_tools import REPO, need
 from tests.ui.conftest import wait_for
 
@@ -27,12 +28,7 @@ def banger(values: dict, *args: str, check: bool = True) -> subprocess.Completed
 @pytest.fixture
 def vm_env(tmp_path, monkeypatch, debian_bundle, debian_image_ref):
     need("qemu-system-x86_64", "qemu-img", "ssh", "mkfs.ext4", "debugfs")
-    state = tmp_path / "state" / "banger"
-    state.mkdir(parents=True)
-    (state / "kernels").symlink_to(debian_bundle.path.parent)
-    values = {"BANGER_CACHE_DIR": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state"),
-              "XDG_CONFIG_HOME": str(tmp_path / "config"), "BANGER_SSH_CONFIG": str(tmp_path / "ssh_config"),
-              "HOME": str(tmp_path / "home")}
+    values = vm_home(tmp_path, debian_bundle)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     banger(values, "build", f"image={debian_image_ref}", "name=uitest", "boot=no")

@@ -21,6 +21,7 @@ from banger.core.config import volatile_trees_dir
 from banger.core.fsutil import remove_tree
 from banger.net.settings import tap_name
 from tests.support_netns import ns_pids, own_namespace
+from tests.support_kernel import vm_home
 from tests.support_tools import REPO, need
 
 pytestmark = pytest.mark.slow
@@ -38,16 +39,12 @@ def netns():
 def env(netns, tmp_path_factory, debian_bundle, debian_image_ref):
     need("qemu-system-x86_64", "qemu-img", "ssh", "mkfs.ext4", "debugfs")
     root = tmp_path_factory.mktemp("bridge-vms")
+    values = vm_home(root, debian_bundle)
     state = root / "state" / "banger"
-    state.mkdir(parents=True)
-    (state / "kernels").symlink_to(debian_bundle.path.parent)
     bridge = f"bng{secrets.token_hex(4)}"  # not "bgt...": that prefix is the taps'
     (root / "config" / "banger").mkdir(parents=True)
     (root / "config" / "banger" / "config.json").write_text(
         json.dumps({"bridge": {"name": bridge, "subnet": SUBNET}}))
-    values = {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
-              "XDG_CONFIG_HOME": str(root / "config"), "BANGER_SSH_CONFIG": str(root / "ssh_config"),
-              "HOME": str(root / "home")}
     e = Env(netns, values, root, state, bridge)
     e.banger("build", f"image={debian_image_ref}", "name=vmtest", "boot=no", inside=False)
     yield e

@@ -19,6 +19,7 @@ from banger.core import procs
 from banger.core.config import volatile_trees_dir
 from banger.core.fsutil import remove_tree
 from tests.support_tools import REPO, need
+from tests.support_kernel import vm_home
 
 pytestmark = pytest.mark.slow
 SMALL = ["--vcpus", "1", "--memory", "768M"]
@@ -28,12 +29,8 @@ SMALL = ["--vcpus", "1", "--memory", "768M"]
 def env(tmp_path_factory, debian_bundle, debian_image_ref):
     need("qemu-system-x86_64", "qemu-img", "ssh", "mkfs.ext4", "debugfs")
     root = tmp_path_factory.mktemp("vms")
+    values = vm_home(root, debian_bundle)
     state = root / "state" / "banger"
-    state.mkdir(parents=True)
-    (state / "kernels").symlink_to(debian_bundle.path.parent)
-    values = {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
-              "XDG_CONFIG_HOME": str(root / "config"), "BANGER_SSH_CONFIG": str(root / "ssh_config"),
-              "HOME": str(root / "home")}
     banger(values, "build", f"image={debian_image_ref}", "name=vmtest", "boot=no")
     yield {"vars": values, "root": root, "state": state, "ssh_config": root / "ssh_config"}
     subprocess.run([sys.executable, "-m", "banger", "vm", "rm", "--force",

@@ -14,6 +14,7 @@ import pytest
 
 from banger.devtools import debian_image as devimage
 from tests.support_images import DEBIAN_TAG
+from tests.support_kernel import vm_home
 from tests.support_tools import REPO, need
 from tests.vm.test_workspace import git, make_repo
 
@@ -35,14 +36,10 @@ def env(tmp_path_factory, debian_bundle, debian_layout, registry):
         pytest.skip("the guest's git comes from the host, which must be Debian 12 like the guest")
     root = tmp_path_factory.mktemp("ws")
     ref = devimage.push(devimage.with_host_files(debian_layout, root / "layout"), DEBIAN_TAG, registry.host, "banger-test/debian-git")
+    values = vm_home(root, debian_bundle)
     state = root / "state" / "banger"
-    state.mkdir(parents=True)
-    (state / "kernels").symlink_to(debian_bundle.path.parent)
     home = root / "home"
     home.mkdir()
-    values = {"BANGER_CACHE_DIR": str(root / "cache"), "XDG_STATE_HOME": str(root / "state"),
-              "XDG_CONFIG_HOME": str(root / "config"), "BANGER_SSH_CONFIG": str(root / "ssh_config"),
-              "HOME": str(home)}
     subprocess.run(["git", "config", "--global", "user.name", "Host Person"], env={**os.environ, "HOME": str(home)}, check=True)
     subprocess.run(["git", "config", "--global", "user.email", "host@example.test"], env={**os.environ, "HOME": str(home)}, check=True)
     banger(values, "build", f"image={ref}", "name=wstest", "boot=no")
